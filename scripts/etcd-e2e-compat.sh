@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# Run etcd v3.5.17's own e2e test suite (go.etcd.io/etcd/tests/v3/e2e) against rusd, or against
+# the reference etcd, and write a JSON report plus the raw log. See docs/e2e.md.
+#
+# Usage: scripts/etcd-e2e-compat.sh [options]
+#   --tier N[,M...]   tier(s) to run, 1-6 (repeatable). Default: 6 (the whole suite).
+#                       1 smoke      TestCtlV3PutNoTLS, TestCtlV3GetNoTLS
+#                       2 core KV    TestCtlV3Put*, TestCtlV3Get*, TestCtlV3Del* (26 tests)
+#                       3 watch/lease/auth  TestCtlV3{Watch,Lease,Auth,User,Role,Txn,Elect,Lock}*
+#                       4 cluster    TestCtlV3{Member,Endpoint,MoveLeader}*
+#                       5 maint.     TestCtlV3{Compact,Defrag,Snapshot,Alarm}*
+#                       6 full       every test of the package
+#   --run REGEX       go test -run regex (overrides the tier regex; anchor it yourself)
+#   --expected FILE   check mode: run exactly the tests listed in FILE (one top-level test
+#                     name per line, '#' comments); exit 1 if any of them does not pass
+#   --against-etcd    run against the reference etcd v3.5.17 instead of rusd
+#   --binary PATH     rusd binary (default: cargo build --release --bin rusd, then
+#                     ${CARGO_TARGET_DIR:-<repo>/target}/release/rusd)
+#   --no-build        with the default binary: do not run cargo, use what is there
+#   --out DIR         output dir (default <repo>/.e2e-out)
+#   --timeout DUR     go test -timeout (default: per tier, summed; see TIER_TIMEOUT below)
+#   --list            print the selected test names (go test -list) and exit
+#   -h, --help
+# Exit: 0 when go test passed (or, with --expected, when every listed test passed);
+#       1 on test failures; 2 on usage/setup errors.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+ETCD_VERSION="${ETCD_VERSION:-v3.5.17}"
+CACHE_ROOT="${RUSD_CACHE:-$HOME/.cache/rusd}"
+BASE="$CACHE_ROOT/etcd-$ETCD_VERSION"
+E2E_MOD="$BASE/e2e"
+E2E_PKG="go.etcd.io/etcd/tests/v3/e2e"
+
+TIER_NAME=([1]="smoke" [2]="core KV" [3]="watch/lease/auth/txn" [4]="cluster/member"
+           [5]="maintenance" [6]="full suite")
+# Anchored by the caller as ^(...)$; go test matches -run per name level, so subtests run too.
+TIER_RE=(
+  [1]='TestCtlV3PutNoTLS|TestCtlV3GetNoTLS'
+  [2]='TestCtlV3Put.*|TestCtlV3Get.*|TestCtlV3Del.*'
+  [3]='TestCtlV3(Watch|Lease|Auth|User|Role|Txn|Elect|Lock).*'
+  [4]='TestCtlV3(Member|Endpoint|MoveLeader).*'
+  [5]='TestCtlV3(Compact|Defrag|Snapshot|Alarm).*'
+  [6]='.*'
+)
+TIER_TIMEOUT=([1]=10 [2]=15 [3]=25 [4]=25 [5]=25 [6]=90)   # minutes
+
+tiers=()
+run_re=""
+expected=""
+against_etcd=0
+binary=""
+no_build=0
+out_dir="$REPO_ROOT/.e2e-out"
+timeout=""
+list_only=0
+
+die() { echo "etcd-e2e-compat: $*" >&2; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tier) [ $# -ge 2 ] || die "--tier needs a value"
+            IFS=',' read -r -a ts <<< "$2"
+            for t in "${ts[@]}"; do
+              [[ "$t" =~ ^[1-6]$ ]] || die "bad tier '$t' (1-6)"; tiers+=("$t")
+            done; shift ;;
+    --tier=*) IFS=',' read -r -a ts <<< "${1#--tier=}"
+            for t in "${ts[@]}"; do
+              [[ "$t" =~ ^[1-6]$ ]] || die "bad tier '$t' (1-6)"; tiers+=("$t")
+            done ;;
+    --run) [ $# -ge 2 ] || die "--run needs a value"; run_re="$2"; shift ;;
+    --run=*) run_re="${1#--run=}" ;;
+    --expected) [ $# -ge 2 ] || die "--expected needs a value"; expected="$2"; shift ;;
+    --expected=*) expected="${1#--expected=}" ;;
+    --against-etcd) against_etcd=1 ;;
+    --binary) [ $# -ge 2 ] || die "--binary needs a value"; binary="$2"; shift ;;
+    --binary=*) binary="${1#--binary=}" ;;
+    --no-build) no_build=1 ;;
+    --out) [ $# -ge 2 ] || die "--out needs a value"; out_dir="$2"; shift ;;
+    --out=*) out_dir="${1#--out=}" ;;
+    --timeout) [ $# -ge 2 ] || die "--timeout needs a value"; timeout="$2"; shift ;;
+    --timeout=*) timeout="${1#--timeout=}" ;;
+    --list) list_only=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+  shift
+done
+
+[ -n "$expected" ] && [ -n "$run_re" ] && die "--expected and --run are exclusive"
+[ -n "$expected" ] && [ ${#tiers[@]} -gt 0 ] && die "--expected and --tier are exclusive"
+[ -n "$binary" ] && [ "$against_etcd" = 1 ] && die "--binary and --against-etcd are exclusive"
+command -v go >/dev/null 2>&1 || die "'go' not found in PATH"
+command -v python3 >/dev/null 2>&1 || die "'python3' not found in PATH"
+
+target=rusd; [ "$against_etcd" = 1 ] && target=etcd
+
+# ---------------------------------------------------------------- what to run
+# Tiers: deduplicate and sort.
+if [ ${#tiers[@]} -gt 0 ]; then
+  mapfile -t tiers < <(printf '%s\n' "${tiers[@]}" | sort -un)
+fi
+label=""
+minutes=0
+if [ -n "$expected" ]; then
+  [ -f "$expected" ] || die "expected-pass list not found: $expected"
+  mapfile -t exp_names < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' "$expected" | grep -v '^$' || true)
+  if [ ${#exp_names[@]} -eq 0 ]; then
+    echo "=================================================================="
+    echo "etcd-e2e-compat: $expected lists 0 tests expected to pass."
+    echo "etcd-e2e-compat: NOTHING WAS TESTED: no e2e test is run, none is required to pass."
+    echo "=================================================================="
+    exit 0
+  fi
+  for n in "${exp_names[@]}"; do
+    [[ "$n" =~ ^Test[A-Za-z0-9_]+$ ]] || die "bad test name in $expected: '$n' (top-level names only)"
+  done
+  run_re="$(IFS='|'; echo "${exp_names[*]}")"
+  label="expected"
+  # about 1 minute per test (the slowest single tests take ~1-2 min), 5..85 minutes
+  minutes=$(( ${#exp_names[@]} + 5 )); [ $minutes -gt 85 ] && minutes=85
+elif [ -n "$run_re" ]; then
+  label="run"
+  minutes=30
+else
+  [ ${#tiers[@]} -eq 0 ] && tiers=(6)
+  if printf '%s\n' "${tiers[@]}" | grep -qx 6; then tiers=(6); fi
+  parts=()
+  for t in "${tiers[@]}"; do
+    parts+=("${TIER_RE[$t]}")
+    minutes=$(( minutes + TIER_TIMEOUT[$t] ))
+  done
+  run_re="$(IFS='|'; echo "${parts[*]}")"
+  label="tier$(IFS='-'; echo "${tiers[*]}")"
+fi
+# --run and --expected are anchored here unless the user anchored already
+if [[ "$run_re" != ^* ]]; then run_re="^($run_re)\$"; fi
+[ -z "$timeout" ] && timeout="${minutes}m"
+
+# ---------------------------------------------------------------- wrapper module for the suite
+mkdir -p "$E2E_MOD"
+if ! [ -f "$E2E_MOD/go.mod" ] || ! grep -q "go.etcd.io/etcd/tests/v3 $ETCD_VERSION" "$E2E_MOD/go.mod"; then
+  cat > "$E2E_MOD/go.mod" <<EOF
+module rusd.local/etcd-e2e
+
+go 1.22
+
+require go.etcd.io/etcd/tests/v3 $ETCD_VERSION
+EOF
+  rm -f "$E2E_MOD/go.sum" "$E2E_MOD/tests.list"
+fi
+# keeps the requirement in place if someone runs `go mod tidy` there
+cat > "$E2E_MOD/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/tests/v3/e2e"
+EOF
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+
+# The list of every top-level test of the suite (cached; used for counts and "not run").
+TEST_LIST="$E2E_MOD/tests.list"
+if ! [ -s "$TEST_LIST" ] || [ "$(head -1 "$TEST_LIST")" != "# $(go env GOVERSION) $ETCD_VERSION" ]; then
+  echo "etcd-e2e-compat: compiling the e2e suite (go test -list) ..." >&2
+  ( cd "$E2E_MOD" && go test -list '.*' "$E2E_PKG" ) > "$TEST_LIST.tmp" 2> "$TEST_LIST.err" \
+    || { cat "$TEST_LIST.err" "$TEST_LIST.tmp" >&2; die "cannot compile $E2E_PKG"; }
+  { echo "# $(go env GOVERSION) $ETCD_VERSION"; grep -E '^(Test|Example|Benchmark|Fuzz)' "$TEST_LIST.tmp"; } > "$TEST_LIST"
+  rm -f "$TEST_LIST.tmp" "$TEST_LIST.err"
+fi
+
+selected="$(grep -v '^#' "$TEST_LIST" | grep -E '^Test' | grep -E -- "$run_re" || true)"
+n_selected=$(printf '%s' "$selected" | grep -c . || true)
+if [ "$list_only" = 1 ]; then
+  printf '%s\n' "$selected"
+  echo "# $n_selected tests match $run_re" >&2
+  exit 0
+fi
+if [ "$n_selected" -eq 0 ]; then
+  die "no test of the suite matches $run_re"
+fi
+
+# ---------------------------------------------------------------- binaries
+REF_BIN="$("$SCRIPT_DIR/etcd-ref-tools.sh" $( [ "$against_etcd" = 1 ] && echo etcd ) etcdctl etcdutl | tail -n 1)"
+[ -x "$REF_BIN/etcdctl" ] && [ -x "$REF_BIN/etcdutl" ] || die "reference tools missing in $REF_BIN"
+
+if [ "$against_etcd" = 1 ]; then
+  server="$REF_BIN/etcd"
+else
+  if [ -z "$binary" ]; then
+    tdir="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+    case "$tdir" in /*) ;; *) tdir="$REPO_ROOT/$tdir" ;; esac
+    if [ "$no_build" = 0 ]; then
+      command -v cargo >/dev/null 2>&1 || die "'cargo' not found (or pass --binary)"
+      echo "etcd-e2e-compat: cargo build --release --bin rusd ..." >&2
+      ( cd "$REPO_ROOT" && cargo build --release --bin rusd ) >&2 || die "cargo build --release --bin rusd failed"
+    fi
+    binary="$tdir/release/rusd"
+  fi
+  case "$binary" in /*) ;; *) binary="$PWD/$binary" ;; esac
+  [ -x "$binary" ] || die "rusd binary not found or not executable: $binary"
+  server="$binary"
+fi
+
+mkdir -p "$out_dir"
+out_dir="$(cd "$out_dir" && pwd)"
+# the output dir ignores itself, so nothing in it gets committed by accident
+[ -f "$out_dir/.gitignore" ] || echo '*' > "$out_dir/.gitignore"
+bin_dir="$out_dir/bin-$target"
+rm -rf "$bin_dir"; mkdir -p "$bin_dir"
+ln -s "$server" "$bin_dir/etcd"
+ln -s "$REF_BIN/etcdctl" "$bin_dir/etcdctl"
+ln -s "$REF_BIN/etcdutl" "$bin_dir/etcdutl"
+
+stem="$out_dir/$target-$label"
+jsonl="$stem.jsonl"; log="$stem.log"; report="$stem.json"
+
+# ---------------------------------------------------------------- run (one run at a time)
+lock="$CACHE_ROOT/e2e.lock"
+exec 9>"$lock"
+if ! flock -n 9; then
+  die "another e2e run holds $lock (the suite binds fixed ports 20000+; run one at a time)"
+fi
+
+server_real="$(readlink -f "$server")"
+pids_of_server() {
+  local p exe
+  for p in /proc/[0-9]*; do
+    exe="$(readlink "$p/exe" 2>/dev/null || true)"
+    [ "$exe" = "$server_real" ] && echo "${p#/proc/}"
+  done
+  return 0
+}
+before_pids="$(pids_of_server | sort)"
+
+cmd=(go test -json -v -count=1 -timeout "$timeout" -run "$run_re" "$E2E_PKG" -args "-bin-dir=$bin_dir")
+cmd_str="cd $E2E_MOD && GOFLAGS='$GOFLAGS' ${cmd[*]}"
+started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "etcd-e2e-compat: target=$target ($server)"
+echo "etcd-e2e-compat: $n_selected tests selected, timeout $timeout"
+echo "etcd-e2e-compat: $cmd_str"
+t0=$(date +%s)
+set +e
+( cd "$E2E_MOD" && "${cmd[@]}" ) > "$jsonl" 2> "$stem.stderr"
+go_rc=$?
+set -e
+t1=$(date +%s)
+
+# Stray server processes left behind by this run (e.g. after a go test timeout): stop them,
+# one by one, by pid, so that the next run finds its ports free.
+after_pids="$(pids_of_server | sort)"
+stray="$(comm -13 <(printf '%s\n' "$before_pids") <(printf '%s\n' "$after_pids") | grep . || true)"
+if [ -n "$stray" ]; then
+  echo "etcd-e2e-compat: killing server processes left by this run: $(echo $stray)" >&2
+  for p in $stray; do kill -9 "$p" 2>/dev/null || true; done
+fi
+
+# Raw log: the plain test output (from the JSON stream) followed by go's stderr.
+python3 - "$jsonl" > "$log" <<'EOF'
+import json, sys
+with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
+    for line in f:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            sys.stdout.write(line); continue
+        if isinstance(ev, dict) and ev.get("Action") == "output":
+            sys.stdout.write(ev.get("Output", ""))
+EOF
+cat "$stem.stderr" >> "$log"
+
+# ---------------------------------------------------------------- report
+tiers_json="$out_dir/.tiers.json"
+{
+  echo "{"
+  for t in 1 2 3 4 5 6; do
+    sep=","; [ $t = 6 ] && sep=""
+    printf '  "%s": {"name": "%s", "regex": "^(%s)$"}%s\n' "$t" "${TIER_NAME[$t]}" "${TIER_RE[$t]//\\/\\\\}" "$sep"
+  done
+  echo "}"
+} > "$tiers_json"
+
+rep_args=(--jsonl "$jsonl" --report "$report" --target "$target" --tiers-json "$tiers_json"
+          --selected-tiers "$(IFS=','; echo "${tiers[*]:-}")" --test-list "$TEST_LIST"
+          --run-regex "$run_re" --command "$cmd_str" --started "$started"
+          --wall-seconds "$(( t1 - t0 ))" --go-exit "$go_rc"
+          --meta "server_binary=$server" --meta "log=$log" --meta "label=$label")
+[ -n "$expected" ] && rep_args+=(--expected "$expected")
+set +e
+python3 "$SCRIPT_DIR/e2e_report.py" "${rep_args[@]}"
+rep_rc=$?
+set -e
+echo "log: $log"
+echo "wall time: $(( t1 - t0 ))s (go test exit $go_rc)"
+
+if [ -n "$expected" ]; then
+  exit "$rep_rc"
+fi
+[ "$rep_rc" = 0 ] || exit 2
+[ "$go_rc" = 0 ] || exit 1
+exit 0
