@@ -1,0 +1,10 @@
+//! One shard of rusd's keyspace: the MVCC index, the segment log that makes it durable, and
+//! the routing of keys to shards. Pure and synchronous; it never depends on an async runtime.
+
+pub mod routing;
+pub mod store;
+pub mod types;
+
+pub use routing::{key_hash, shard_for_key};
+pub use store::{combine_compare, key_in_range, CompareOutcome, MvccStore, TxnOutcome};
+pub use types::*;
