@@ -1,0 +1,109 @@
+//! Plain HTTP endpoints on the client port: /version, /health, /livez, /readyz, /metrics.
+
+use std::sync::atomic::Ordering::Acquire;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use super::maintenance::{CLUSTER_VERSION, SERVER_VERSION};
+use super::Context;
+
+pub type Body = tonic::body::Body;
+
+fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::new(Full::new(body.into())))
+        .expect("static response parts are valid")
+}
+
+pub async fn handle<B>(ctx: Context, req: Request<B>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "Method Not Allowed\n",
+        );
+    }
+    match req.uri().path() {
+        "/version" => reply(
+            StatusCode::OK,
+            "application/json",
+            format!(r#"{{"etcdserver":"{SERVER_VERSION}","etcdcluster":"{CLUSTER_VERSION}"}}"#),
+        ),
+        "/health" => health(&ctx).await,
+        "/livez" | "/readyz" => reply(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(&ctx),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "404 page not found\n",
+        ),
+    }
+}
+
+/// etcd's /health: healthy when there is a leader and a linearizable read goes through.
+async fn health(ctx: &Context) -> Response<Body> {
+    let (ok, reason) = if ctx.published.leader() == 0 {
+        (false, "RAFT NO LEADER")
+    } else {
+        match ctx.coordinator.read_index().await {
+            Ok(()) => (true, ""),
+            Err(_) => (false, "QGET ERROR"),
+        }
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply(
+        code,
+        "application/json",
+        format!(r#"{{"health":"{ok}","reason":"{reason}"}}"#),
+    )
+}
+
+/// The Prometheus text exposition of what we measure, under etcd's metric names.
+fn metrics(ctx: &Context) -> String {
+    let p = &ctx.published;
+    let has_leader = u8::from(p.leader() != 0);
+    format!(
+        "# HELP etcd_server_has_leader Whether or not a leader exists. 1 is existence, 0 is not.\n\
+         # TYPE etcd_server_has_leader gauge\n\
+         etcd_server_has_leader {has_leader}\n\
+         # HELP etcd_server_is_leader Whether or not this member is a leader.\n\
+         # TYPE etcd_server_is_leader gauge\n\
+         etcd_server_is_leader {is_leader}\n\
+         # HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version.\n\
+         # TYPE etcd_server_version gauge\n\
+         etcd_server_version{{server_version=\"{SERVER_VERSION}\"}} 1\n\
+         # HELP etcd_debugging_mvcc_current_revision The current revision of store.\n\
+         # TYPE etcd_debugging_mvcc_current_revision gauge\n\
+         etcd_debugging_mvcc_current_revision {rev}\n\
+         # HELP etcd_debugging_mvcc_compact_revision The revision of the last compaction in store.\n\
+         # TYPE etcd_debugging_mvcc_compact_revision gauge\n\
+         etcd_debugging_mvcc_compact_revision {compact}\n\
+         # HELP etcd_mvcc_db_total_size_in_bytes Total size of the underlying database physically allocated in bytes.\n\
+         # TYPE etcd_mvcc_db_total_size_in_bytes gauge\n\
+         etcd_mvcc_db_total_size_in_bytes {db}\n\
+         # HELP etcd_server_proposals_committed_total The total number of consensus proposals committed.\n\
+         # TYPE etcd_server_proposals_committed_total gauge\n\
+         etcd_server_proposals_committed_total {committed}\n\
+         # HELP etcd_server_proposals_applied_total The total number of consensus proposals applied.\n\
+         # TYPE etcd_server_proposals_applied_total gauge\n\
+         etcd_server_proposals_applied_total {applied}\n",
+        is_leader = u8::from(p.leader() == ctx.member.member_id),
+        rev = p.revision(),
+        compact = p.compact_revision(),
+        db = p.wal_bytes.load(Acquire),
+        committed = p.committed_index.load(Acquire),
+        applied = p.applied_index.load(Acquire),
+    )
+}

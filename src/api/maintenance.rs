@@ -1,0 +1,195 @@
+//! The Maintenance and Cluster services: what `etcdctl endpoint status`, `endpoint hash` and
+//! `member list` need from a single member.
+
+use proto::etcdserverpb as pb;
+use tonic::{Request, Response, Status};
+
+use super::status::status;
+use super::Context;
+use crate::error::EtcdError;
+use crate::runtime::shard::ShardMsg;
+
+pub const SERVER_VERSION: &str = "3.5.17";
+pub const CLUSTER_VERSION: &str = "3.5.0";
+
+pub struct MaintenanceService {
+    pub ctx: Context,
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("rusd: {what} is not implemented yet"))
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let r = request.into_inner();
+        // No alarm can be raised yet (no quota, no corruption check), so GET lists none and
+        // ACTIVATE/DEACTIVATE have nothing to change.
+        if r.action != pb::alarm_request::AlarmAction::Get as i32 {
+            return Err(unimplemented("raising or clearing alarms"));
+        }
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.ctx.header(self.ctx.published.revision())),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let p = &self.ctx.published;
+        use std::sync::atomic::Ordering::Acquire;
+        // Until shard segments exist, the WAL is the member's whole on-disk state.
+        let db_size = p.wal_bytes.load(Acquire) as i64;
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.ctx.header(p.revision())),
+            version: SERVER_VERSION.to_string(),
+            db_size,
+            leader: p.leader(),
+            raft_index: p.committed_index.load(Acquire),
+            raft_term: p.raft_term(),
+            raft_applied_index: p.applied_index.load(Acquire),
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(unimplemented("Defragment"))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(unimplemented("Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let r = request.into_inner();
+        let current = self.ctx.published.revision();
+        let compact = self.ctx.published.compact_revision();
+        if r.revision > current {
+            return Err(status(EtcdError::FutureRevision));
+        }
+        let rev = if r.revision <= 0 { current } else { r.revision };
+        if rev < compact {
+            return Err(status(EtcdError::Compacted));
+        }
+        let parts = self
+            .ctx
+            .shards
+            .call_all(|reply| ShardMsg::HashKv {
+                revision: rev,
+                reply,
+            })
+            .await
+            .map_err(|_| status(EtcdError::Stopped))?;
+        // Shard hashes folded in shard order: equal across members with the same --shards.
+        let mut hash = 0u32;
+        for h in parts {
+            hash = crc32c::crc32c_append(hash, &h.to_le_bytes());
+        }
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.ctx.header(current)),
+            hash,
+            compact_revision: compact,
+        }))
+    }
+
+    type SnapshotStream = futures::stream::Empty<Result<pb::SnapshotResponse, Status>>;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(unimplemented("Downgrade"))
+    }
+}
+
+pub struct ClusterService {
+    pub ctx: Context,
+}
+
+impl ClusterService {
+    fn me(&self) -> pb::Member {
+        let m = &self.ctx.member;
+        pb::Member {
+            id: m.member_id,
+            name: m.name.clone(),
+            peer_ur_ls: m.peer_urls.clone(),
+            client_ur_ls: m.client_urls.clone(),
+            is_learner: false,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(unimplemented("MemberAdd"))
+    }
+
+    async fn member_remove(
+        &self,
+        _request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(unimplemented("MemberRemove"))
+    }
+
+    async fn member_update(
+        &self,
+        _request: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(unimplemented("MemberUpdate"))
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        if request.into_inner().linearizable {
+            self.ctx.coordinator.read_index().await.map_err(status)?;
+        }
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(self.ctx.header(self.ctx.published.revision())),
+            members: vec![self.me()],
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(unimplemented("MemberPromote"))
+    }
+}

@@ -1,0 +1,49 @@
+//! The client-facing API: gRPC services and HTTP endpoints. The only code that knows protobuf
+//! and HTTP types; everything below it speaks plain Rust.
+
+pub mod convert;
+pub mod http;
+pub mod kv;
+pub mod maintenance;
+pub mod router;
+pub mod status;
+
+use std::sync::Arc;
+
+use proto::etcdserverpb as pb;
+
+use crate::coordinator::{CoordinatorHandle, Published};
+use crate::runtime::mesh::ShardSet;
+
+/// What the member reports about itself in headers, Status and MemberList.
+#[derive(Clone, Debug)]
+pub struct MemberInfo {
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// Everything a handler needs; `Send + Sync`, cloned into every service on every core.
+#[derive(Clone)]
+pub struct Context {
+    pub coordinator: CoordinatorHandle,
+    pub shards: ShardSet,
+    pub published: Arc<Published>,
+    pub member: Arc<MemberInfo>,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl Context {
+    /// The response header as of `revision`.
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.member.cluster_id,
+            member_id: self.member.member_id,
+            revision,
+            raft_term: self.published.raft_term(),
+        }
+    }
+}

@@ -1,0 +1,782 @@
+//! The coordinator: lives on core 0 only. It owns the raft `RawNode`, the WAL, the revision
+//! counter and the compact revision, proposes writes, applies committed entries strictly in log
+//! order by driving the shards, and answers the proposers.
+
+pub mod codec;
+pub mod wal;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::{select, Either};
+use raft::eraftpb::{ConfState, Entry, EntryType};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+use shards::{
+    combine_compare, Compare, DeleteRangeRequest, DeleteRangeResponse, Event, PutResponse,
+    RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+};
+
+use crate::error::EtcdError;
+use crate::runtime::mesh::ShardSet;
+use crate::runtime::shard::ShardMsg;
+pub use codec::WriteRequest;
+
+/// Proposals and read-index requests waiting in the coordinator's inbox before senders wait.
+pub const COORDINATOR_INBOX_MAX: usize = 16 * 1024;
+/// Messages taken from the inbox per loop turn: bounds the size of one Ready (and so of one
+/// WAL write) while still letting a burst share one fdatasync.
+const INBOX_BATCH_MAX: usize = 4096;
+/// etcd refuses new proposals while this many committed entries are not yet applied.
+pub const UNAPPLIED_ENTRIES_MAX: u64 = 5000;
+
+/// State the coordinator publishes for every core to read without a round trip: the revisions
+/// a read resolves against and what Status reports. Only the coordinator writes it.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub revision: AtomicI64,
+    pub compact_revision: AtomicI64,
+    pub raft_term: AtomicU64,
+    pub leader: AtomicU64,
+    pub committed_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub serving: AtomicBool,
+}
+
+impl Published {
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision.load(Ordering::Acquire)
+    }
+    pub fn raft_term(&self) -> u64 {
+        self.raft_term.load(Ordering::Acquire)
+    }
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResponse {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact,
+}
+
+#[derive(Clone, Debug)]
+pub struct WriteOutcome {
+    /// The store revision after the write: the response header's revision.
+    pub revision: i64,
+    pub response: WriteResponse,
+}
+
+pub type WriteReply = oneshot::Sender<Result<WriteOutcome, EtcdError>>;
+
+pub enum CoordMsg {
+    Propose {
+        req: WriteRequest,
+        reply: WriteReply,
+    },
+    /// Answered once this member has applied everything committed when the request arrived
+    /// (raft ReadIndex): a read after that is linearizable.
+    ReadIndex {
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
+}
+
+/// A `Send` handle to the coordinator, for any core.
+#[derive(Clone)]
+pub struct CoordinatorHandle {
+    tx: flume::Sender<CoordMsg>,
+}
+
+impl CoordinatorHandle {
+    pub fn new(tx: flume::Sender<CoordMsg>) -> Self {
+        CoordinatorHandle { tx }
+    }
+
+    pub async fn propose(&self, req: WriteRequest) -> Result<WriteOutcome, EtcdError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_async(CoordMsg::Propose { req, reply })
+            .await
+            .map_err(|_| EtcdError::Stopped)?;
+        rx.await.map_err(|_| EtcdError::Stopped)?
+    }
+
+    pub async fn read_index(&self) -> Result<(), EtcdError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_async(CoordMsg::ReadIndex { reply })
+            .await
+            .map_err(|_| EtcdError::Stopped)?;
+        rx.await.map_err(|_| EtcdError::Stopped)?
+    }
+}
+
+pub struct CoordinatorConfig {
+    pub member_id: u64,
+    pub heartbeat_interval: Duration,
+    pub election_ticks: usize,
+}
+
+pub struct Coordinator {
+    node: RawNode<MemStorage>,
+    wal: wal::Wal,
+    shards: ShardSet,
+    published: Arc<Published>,
+    inbox: flume::Receiver<CoordMsg>,
+    heartbeat_interval: Duration,
+    waiters: HashMap<u64, WriteReply>,
+    /// Read-index batches sent to raft, by the context that names them.
+    reads_in_raft: HashMap<u64, Vec<oneshot::Sender<Result<(), EtcdError>>>>,
+    /// Reads whose index raft has confirmed, waiting for apply to reach it.
+    reads_waiting_apply: Vec<(u64, Vec<oneshot::Sender<Result<(), EtcdError>>>)>,
+    next_request_id: u64,
+    next_read_ctx: u64,
+    revision: i64,
+    compact_revision: i64,
+    applied_index: u64,
+    /// Fired once this member serves: it has a leader and has applied an entry of its term.
+    on_serving: Option<oneshot::Sender<()>>,
+    /// Where the events of each applied write go (the watch hub, once it exists).
+    events_applied: u64,
+}
+
+impl Coordinator {
+    /// Builds the raft node from what the WAL recovered. Entries after the shards' state are
+    /// re-applied through the normal apply path, so replay and live apply are the same code.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn new(
+        cfg: CoordinatorConfig,
+        recovered: wal::Recovered,
+        wal_dir: &std::path::Path,
+        shards: ShardSet,
+        published: Arc<Published>,
+        inbox: flume::Receiver<CoordMsg>,
+        on_serving: oneshot::Sender<()>,
+    ) -> anyhow::Result<Coordinator> {
+        let storage =
+            MemStorage::new_with_conf_state(ConfState::from((vec![cfg.member_id], vec![])));
+        {
+            let mut w = storage.wl();
+            w.append(&recovered.entries)
+                .map_err(|e| anyhow::anyhow!("restoring raft log: {e}"))?;
+            w.set_hardstate(recovered.hard_state.clone());
+        }
+        let raft_cfg = raft::Config {
+            id: cfg.member_id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: 1,
+            applied: 0,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = RawNode::new(&raft_cfg, storage, &logger)?;
+        // A single voter needs no election timeout: campaign at once, as etcd effectively does.
+        node.campaign()?;
+        let wal = wal::Wal::open(wal_dir, recovered.end_offset).await?;
+        published.revision.store(1, Ordering::Release);
+        published
+            .wal_bytes
+            .store(recovered.end_offset, Ordering::Release);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Ok(Coordinator {
+            node,
+            wal,
+            shards,
+            published,
+            inbox,
+            heartbeat_interval: cfg.heartbeat_interval,
+            waiters: HashMap::new(),
+            reads_in_raft: HashMap::new(),
+            reads_waiting_apply: Vec::new(),
+            next_request_id: seed,
+            next_read_ctx: 1,
+            revision: 1,
+            compact_revision: 0,
+            applied_index: 0,
+            on_serving: Some(on_serving),
+            events_applied: 0,
+        })
+    }
+
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut next_tick = Instant::now() + self.heartbeat_interval;
+        loop {
+            let now = Instant::now();
+            if now >= next_tick {
+                self.node.tick();
+                next_tick += self.heartbeat_interval;
+                if next_tick < now {
+                    next_tick = now + self.heartbeat_interval;
+                }
+            } else if !self.node.has_ready() {
+                let wait = next_tick - now;
+                let inbox = self.inbox.clone();
+                let recv = inbox.recv_async();
+                let sleep = glommio::timer::sleep(wait);
+                futures::pin_mut!(recv, sleep);
+                let got = match select(recv, sleep).await {
+                    Either::Left((Ok(msg), _)) => Some(msg),
+                    Either::Left((Err(_), _)) => return Ok(()), // every handle dropped: shutdown
+                    Either::Right(_) => None,
+                };
+                if let Some(msg) = got {
+                    self.handle(msg);
+                }
+            }
+            let mut read_batch = Vec::new();
+            for _ in 0..INBOX_BATCH_MAX {
+                match self.inbox.try_recv() {
+                    Ok(CoordMsg::ReadIndex { reply }) => read_batch.push(reply),
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
+            }
+            if !read_batch.is_empty() {
+                self.start_read(read_batch);
+            }
+            self.on_ready().await?;
+        }
+    }
+
+    fn handle(&mut self, msg: CoordMsg) {
+        match msg {
+            CoordMsg::Propose { req, reply } => self.propose(req, reply),
+            CoordMsg::ReadIndex { reply } => self.start_read(vec![reply]),
+        }
+    }
+
+    fn propose(&mut self, req: WriteRequest, reply: WriteReply) {
+        if self.node.raft.state != StateRole::Leader && self.node.raft.leader_id == raft::INVALID_ID
+        {
+            let _ = reply.send(Err(EtcdError::NoLeader));
+            return;
+        }
+        let committed = self.node.raft.raft_log.committed;
+        if committed.saturating_sub(self.applied_index) > UNAPPLIED_ENTRIES_MAX {
+            let _ = reply.send(Err(EtcdError::TooManyRequests));
+            return;
+        }
+        let id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        let data = codec::encode(id, &req);
+        match self.node.propose(Vec::new(), data) {
+            Ok(()) => {
+                self.waiters.insert(id, reply);
+            }
+            Err(_) => {
+                let _ = reply.send(Err(EtcdError::NoLeader));
+            }
+        }
+    }
+
+    fn start_read(&mut self, batch: Vec<oneshot::Sender<Result<(), EtcdError>>>) {
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            for r in batch {
+                let _ = r.send(Err(EtcdError::NoLeader));
+            }
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.node.read_index(ctx.to_le_bytes().to_vec());
+        self.reads_in_raft.insert(ctx, batch);
+    }
+
+    async fn on_ready(&mut self) -> anyhow::Result<()> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        // A single voter sends no messages; peers arrive with the cluster issue.
+        drop(ready.take_messages());
+        if let Some(ss) = ready.ss() {
+            self.published.leader.store(ss.leader_id, Ordering::Release);
+        }
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed).await?;
+
+        let mut records = Vec::new();
+        for e in ready.entries() {
+            wal::frame_entry(&mut records, e);
+        }
+        if let Some(hs) = ready.hs() {
+            wal::frame_hard_state(&mut records, hs);
+            self.published.raft_term.store(hs.term, Ordering::Release);
+        }
+        if !records.is_empty() {
+            // A failed WAL write leaves us unable to promise durability: stop rather than ack.
+            self.wal
+                .append_and_sync(records)
+                .await
+                .map_err(|e| anyhow::anyhow!("writing the WAL: {e}"))?;
+            self.published
+                .wal_bytes
+                .store(self.wal.size_bytes(), Ordering::Release);
+        }
+        {
+            let store = self.node.mut_store();
+            let mut w = store.wl();
+            w.append(ready.entries())?;
+            if let Some(hs) = ready.hs() {
+                w.set_hardstate(hs.clone());
+            }
+        }
+        for rs in ready.take_read_states() {
+            let ctx = u64::from_le_bytes(rs.request_ctx.as_slice().try_into().unwrap_or([0; 8]));
+            if let Some(batch) = self.reads_in_raft.remove(&ctx) {
+                self.reads_waiting_apply.push((rs.index, batch));
+            }
+        }
+        drop(ready.take_persisted_messages());
+
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node
+                .mut_store()
+                .wl()
+                .mut_hard_state()
+                .set_commit(commit);
+        }
+        drop(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed).await?;
+        self.node.advance_apply();
+        self.published
+            .committed_index
+            .store(self.node.raft.raft_log.committed, Ordering::Release);
+        self.release_reads();
+        Ok(())
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.applied_index;
+        self.reads_waiting_apply.retain_mut(|(index, batch)| {
+            if *index <= applied {
+                for r in batch.drain(..) {
+                    let _ = r.send(Ok(()));
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    async fn apply_entries(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        for e in entries {
+            self.apply_entry(&e).await?;
+            self.applied_index = e.index;
+            self.published
+                .applied_index
+                .store(e.index, Ordering::Release);
+        }
+        self.published
+            .revision
+            .store(self.revision, Ordering::Release);
+        Ok(())
+    }
+
+    async fn apply_entry(&mut self, e: &Entry) -> anyhow::Result<()> {
+        match e.get_entry_type() {
+            EntryType::EntryNormal if e.data.is_empty() => {
+                // The empty entry a new leader commits: once ours is applied, we serve.
+                if e.term == self.node.raft.term && self.node.raft.state == StateRole::Leader {
+                    if let Some(tx) = self.on_serving.take() {
+                        self.published.serving.store(true, Ordering::Release);
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(())
+            }
+            EntryType::EntryNormal => {
+                // An undecodable committed entry means the log is corrupt: stop, never skip.
+                let (id, req) = codec::decode(&e.data)
+                    .map_err(|err| anyhow::anyhow!("raft entry {}: {err}", e.index))?;
+                let result = self.execute(req).await?;
+                if let Some(tx) = self.waiters.remove(&id) {
+                    let _ = tx.send(result);
+                }
+                Ok(())
+            }
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                anyhow::bail!(
+                    "raft entry {}: membership changes are not supported yet",
+                    e.index
+                )
+            }
+        }
+    }
+
+    /// Applies one request. The outer `Result` is fatal (a shard is gone); the inner one is the
+    /// client's answer.
+    async fn execute(
+        &mut self,
+        req: WriteRequest,
+    ) -> anyhow::Result<Result<WriteOutcome, EtcdError>> {
+        let main = self.revision + 1;
+        let mut events = Vec::new();
+        let result = match req {
+            WriteRequest::Put(p) => {
+                let owner = self.shards.owner(&p.key);
+                let r = self
+                    .shards
+                    .call(owner, |reply| ShardMsg::Put {
+                        main,
+                        sub: 0,
+                        req: p,
+                        reply,
+                    })
+                    .await?;
+                r.map(|(resp, ev)| {
+                    events.push(ev);
+                    WriteResponse::Put(resp)
+                })
+                .map_err(EtcdError::from)
+            }
+            WriteRequest::DeleteRange(d) => {
+                let mut sub = 0;
+                let resp = self.delete_range(main, &mut sub, &d, &mut events).await?;
+                Ok(WriteResponse::DeleteRange(resp))
+            }
+            WriteRequest::Txn(t) => self
+                .txn(main, &t, &mut events)
+                .await?
+                .map(WriteResponse::Txn),
+            WriteRequest::Compact { revision } => {
+                if revision <= self.compact_revision {
+                    Err(EtcdError::Compacted)
+                } else if revision > self.revision {
+                    Err(EtcdError::FutureRevision)
+                } else {
+                    self.shards
+                        .call_all(|reply| ShardMsg::Compact { revision, reply })
+                        .await?;
+                    self.compact_revision = revision;
+                    self.published
+                        .compact_revision
+                        .store(revision, Ordering::Release);
+                    Ok(WriteResponse::Compact)
+                }
+            }
+        };
+        if !events.is_empty() {
+            assert!(
+                result.is_ok(),
+                "a failed request must not have changed the store"
+            );
+            self.revision = main;
+            self.events_applied += events.len() as u64;
+        }
+        Ok(result.map(|response| WriteOutcome {
+            revision: self.revision,
+            response,
+        }))
+    }
+
+    async fn delete_range(
+        &mut self,
+        main: i64,
+        sub: &mut i64,
+        d: &DeleteRangeRequest,
+        events: &mut Vec<Event>,
+    ) -> anyhow::Result<DeleteRangeResponse> {
+        let targets = self.shards.shards_for(&d.key, &d.range_end);
+        if targets.len() == 1 {
+            let first_sub = *sub;
+            let req = d.clone();
+            let (resp, evs) = self
+                .shards
+                .call(targets[0], |reply| ShardMsg::DeleteRange {
+                    main,
+                    first_sub,
+                    req,
+                    reply,
+                })
+                .await?;
+            *sub += evs.len() as i64;
+            events.extend(evs);
+            return Ok(resp);
+        }
+        // Several shards: sub-revisions follow the global key order, as in one etcd store, so
+        // find the live keys first, then delete each at its place in that order.
+        let probe = RangeRequest {
+            key: d.key.clone(),
+            range_end: d.range_end.clone(),
+            keys_only: true,
+            ..Default::default()
+        };
+        let live = self
+            .shards
+            .range(&probe, main)
+            .await?
+            .map_err(|e| anyhow::anyhow!("listing keys to delete: {e}"))?;
+        let mut per_shard: Vec<Vec<(Bytes, i64)>> = vec![Vec::new(); self.shards.len()];
+        for kv in &live.kvs {
+            per_shard[self.shards.owner(&kv.key)].push((kv.key.clone(), *sub));
+            *sub += 1;
+        }
+        let mut prev_kvs = Vec::with_capacity(live.kvs.len());
+        let mut new_events = Vec::with_capacity(live.kvs.len());
+        for (shard, keys) in per_shard.into_iter().enumerate() {
+            if keys.is_empty() {
+                continue;
+            }
+            let (prev, evs) = self
+                .shards
+                .call(shard, |reply| ShardMsg::DeleteKeys { main, keys, reply })
+                .await?;
+            prev_kvs.extend(prev);
+            new_events.extend(evs);
+        }
+        prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));
+        new_events.sort_by_key(|e| e.sub_revision);
+        events.extend(new_events);
+        Ok(DeleteRangeResponse {
+            deleted: live.kvs.len() as i64,
+            prev_kvs: if d.prev_kv { prev_kvs } else { Vec::new() },
+        })
+    }
+
+    async fn txn(
+        &mut self,
+        main: i64,
+        t: &TxnRequest,
+        events: &mut Vec<Event>,
+    ) -> anyhow::Result<Result<TxnResponse, EtcdError>> {
+        if let Some(check) = check_txn_revisions(t, self.revision, self.compact_revision) {
+            return Ok(Err(check));
+        }
+        if let Some(shard) = single_shard_of_txn(t, &self.shards) {
+            let req = t.clone();
+            let outcome = self
+                .shards
+                .call(shard, |reply| ShardMsg::Txn { main, req, reply })
+                .await?;
+            return Ok(match outcome {
+                Ok(o) => {
+                    events.extend(o.events);
+                    Ok(o.response)
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
+        // Several shards. etcd settles every branch of every nested txn against the state
+        // before the txn, then checks the taken path, then runs it.
+        let path = self.decide_path(t).await?;
+        if let Some(err) = self.check_path(t, &path).await? {
+            return Ok(Err(err));
+        }
+        let mut sub = 0;
+        let mut cursor = 0;
+        let resp = self
+            .run_path(main, t, &path, &mut cursor, &mut sub, events)
+            .await?;
+        Ok(Ok(resp))
+    }
+
+    async fn eval_compares(&self, compares: &[Compare]) -> anyhow::Result<bool> {
+        for c in compares {
+            let mut outcomes = Vec::new();
+            for shard in self.shards.shards_for(&c.key, &c.range_end) {
+                let one = vec![c.clone()];
+                let mut r = self
+                    .shards
+                    .call(shard, |reply| ShardMsg::Compare {
+                        compares: one,
+                        reply,
+                    })
+                    .await?;
+                outcomes.push(r.remove(0));
+            }
+            if !combine_compare(c, &outcomes) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The branch taken by the txn and by each nested txn on the taken path, in visiting order.
+    async fn decide_path(&self, t: &TxnRequest) -> anyhow::Result<Vec<bool>> {
+        let mut path = Vec::new();
+        let mut stack = vec![t];
+        while let Some(txn) = stack.pop() {
+            let ok = self.eval_compares(&txn.compare).await?;
+            path.push(ok);
+            let ops = if ok { &txn.success } else { &txn.failure };
+            // Visit nested txns in op order: push in reverse.
+            for op in ops.iter().rev() {
+                if let RequestOp::Txn(inner) = op {
+                    stack.push(inner);
+                }
+            }
+        }
+        Ok(path)
+    }
+
+    /// etcd's pre-apply checks of the taken path: a put with ignore_value/ignore_lease needs an
+    /// existing key (as of before the txn).
+    async fn check_path(&self, t: &TxnRequest, path: &[bool]) -> anyhow::Result<Option<EtcdError>> {
+        let mut puts = Vec::new();
+        let mut cursor = 0;
+        collect_taken_puts(t, path, &mut cursor, &mut puts);
+        for key in puts {
+            let probe = RangeRequest {
+                key: key.clone(),
+                count_only: true,
+                ..Default::default()
+            };
+            let r = self
+                .shards
+                .range(&probe, self.revision)
+                .await?
+                .map_err(|e| anyhow::anyhow!("checking txn puts: {e}"))?;
+            if r.count == 0 {
+                return Ok(Some(EtcdError::KeyNotFound));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn run_path(
+        &mut self,
+        main: i64,
+        t: &TxnRequest,
+        path: &[bool],
+        cursor: &mut usize,
+        sub: &mut i64,
+        events: &mut Vec<Event>,
+    ) -> anyhow::Result<TxnResponse> {
+        let succeeded = path[*cursor];
+        *cursor += 1;
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let r = match op {
+                RequestOp::Range(r) => {
+                    // Reads inside a txn see the txn's own earlier writes.
+                    let rev = if r.revision > 0 { r.revision } else { main };
+                    let resp = self
+                        .shards
+                        .range(r, rev)
+                        .await?
+                        .map_err(|e| anyhow::anyhow!("txn range after checks: {e}"))?;
+                    ResponseOp::Range(resp)
+                }
+                RequestOp::Put(p) => {
+                    let s = *sub;
+                    let req = p.clone();
+                    let (resp, ev) = self
+                        .shards
+                        .call(self.shards.owner(&p.key), |reply| ShardMsg::Put {
+                            main,
+                            sub: s,
+                            req,
+                            reply,
+                        })
+                        .await?
+                        .map_err(|e| anyhow::anyhow!("txn put after checks: {e}"))?;
+                    *sub += 1;
+                    events.push(ev);
+                    ResponseOp::Put(resp)
+                }
+                RequestOp::DeleteRange(d) => {
+                    ResponseOp::DeleteRange(self.delete_range(main, sub, d, events).await?)
+                }
+                RequestOp::Txn(inner) => ResponseOp::Txn(
+                    Box::pin(self.run_path(main, inner, path, cursor, sub, events)).await?,
+                ),
+            };
+            responses.push(r);
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
+}
+
+fn collect_taken_puts(t: &TxnRequest, path: &[bool], cursor: &mut usize, out: &mut Vec<Bytes>) {
+    let ok = path[*cursor];
+    *cursor += 1;
+    for op in if ok { &t.success } else { &t.failure } {
+        match op {
+            RequestOp::Put(p) if p.ignore_value || p.ignore_lease => out.push(p.key.clone()),
+            RequestOp::Txn(inner) => collect_taken_puts(inner, path, cursor, out),
+            _ => {}
+        }
+    }
+}
+
+/// Range revisions anywhere in a txn are checked against the store before it runs, as etcd
+/// checks them (a compacted or future revision fails the whole txn and changes nothing).
+fn check_txn_revisions(t: &TxnRequest, current: i64, compacted: i64) -> Option<EtcdError> {
+    for op in t.success.iter().chain(t.failure.iter()) {
+        match op {
+            RequestOp::Range(r) if r.revision > current => return Some(EtcdError::FutureRevision),
+            RequestOp::Range(r) if r.revision > 0 && r.revision < compacted => {
+                return Some(EtcdError::Compacted)
+            }
+            RequestOp::Txn(inner) => {
+                if let Some(e) = check_txn_revisions(inner, current, compacted) {
+                    return Some(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The one shard every key of the txn lives on, if there is one.
+fn single_shard_of_txn(t: &TxnRequest, shards: &ShardSet) -> Option<usize> {
+    if shards.len() == 1 {
+        return Some(0);
+    }
+    let mut owner = None;
+    let mut visit = |key: &[u8], range_end: &[u8]| -> bool {
+        if !range_end.is_empty() {
+            return false;
+        }
+        let o = shards.owner(key);
+        match owner {
+            None => {
+                owner = Some(o);
+                true
+            }
+            Some(x) => x == o,
+        }
+    };
+    fn walk(t: &TxnRequest, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> bool {
+        t.compare.iter().all(|c| visit(&c.key, &c.range_end))
+            && t.success.iter().chain(t.failure.iter()).all(|op| match op {
+                RequestOp::Range(r) => visit(&r.key, &r.range_end),
+                RequestOp::Put(p) => visit(&p.key, &[]),
+                RequestOp::DeleteRange(d) => visit(&d.key, &d.range_end),
+                RequestOp::Txn(inner) => walk(inner, visit),
+            })
+    }
+    if walk(t, &mut visit) {
+        Some(owner.unwrap_or(0))
+    } else {
+        None
+    }
+}

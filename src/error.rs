@@ -1,0 +1,66 @@
+//! Errors the server returns to clients, as plain Rust. `api::status` maps each variant to
+//! etcd's exact gRPC code and message (the one mapping table).
+
+use shards::MvccError;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("value is provided")]
+    ValueProvided,
+    #[error("lease is provided")]
+    LeaseProvided,
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("invalid sort option")]
+    InvalidSortOption,
+    #[error("request is too large")]
+    RequestTooLarge,
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error("no leader")]
+    NoLeader,
+    #[error("not leader")]
+    NotLeader,
+    #[error("leader changed")]
+    LeaderChanged,
+    #[error("request timed out")]
+    Timeout,
+    #[error("server stopped")]
+    Stopped,
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("invalid auth token")]
+    InvalidAuthToken,
+}
+
+impl From<MvccError> for EtcdError {
+    fn from(e: MvccError) -> Self {
+        match e {
+            MvccError::Compacted => EtcdError::Compacted,
+            MvccError::FutureRevision => EtcdError::FutureRevision,
+            MvccError::KeyNotFound => EtcdError::KeyNotFound,
+        }
+    }
+}

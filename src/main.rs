@@ -1,0 +1,327 @@
+//! rusd: a thread-per-core, drop-in replacement for the etcd v3.5 server.
+//!
+//! `main` parses etcd's command line, recovers the WAL, starts one executor per core and waits
+//! for a signal. See docs/architecture.md for the map.
+
+mod api;
+mod config;
+mod coordinator;
+mod error;
+mod ids;
+#[macro_use]
+mod logging;
+mod net;
+mod runtime;
+
+use std::ffi::OsString;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::channel::oneshot;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::api::{Context, MemberInfo};
+use crate::config::{Command, Config};
+use crate::coordinator::{wal, Coordinator, CoordinatorConfig, CoordinatorHandle, Published};
+use crate::runtime::mesh::{ShardSet, SHARD_INBOX_MAX};
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    match config::parse_command(&args, &env) {
+        Ok(Command::Version) => {
+            print!("{}", config::version_text());
+        }
+        Ok(Command::Help(text)) => {
+            print!("{text}");
+        }
+        Ok(Command::Unsupported(what)) => {
+            eprintln!("rusd: {what} is not supported");
+            std::process::exit(2);
+        }
+        Ok(Command::Serve(cfg)) => {
+            if let Err(e) = serve(*cfg) {
+                // Logging may not be up yet; stderr always is.
+                log_error!("rusd stopped", "error" => format!("{e:#}"));
+                eprintln!("rusd: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    logging::init(cfg.log_level, &cfg.log_outputs)?;
+    log_info!(
+        "starting rusd",
+        "etcd-version" => api::maintenance::SERVER_VERSION,
+        "rusd-version" => env!("CARGO_PKG_VERSION"),
+        "name" => cfg.name.clone(),
+        "data-dir" => cfg.data_dir.display().to_string()
+    );
+    let cpus = runtime::allowed_cpus();
+    let shard_count = if cfg.shards == 0 {
+        cpus.len()
+    } else {
+        cfg.shards
+    };
+    runtime::ensure_memlock(shard_count)?;
+    block_signals();
+
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let wal_dir = cfg
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| wal::wal_dir(&cfg.data_dir));
+    let mut recovered = wal::recover(&wal_dir).context("recovering the WAL")?;
+    if recovered.truncated_bytes > 0 {
+        log_warn!(
+            "truncated a torn write at the end of the WAL",
+            "bytes" => recovered.truncated_bytes,
+            "offset" => recovered.end_offset
+        );
+    }
+
+    let members = ids::members_from_initial_cluster(&cfg);
+    let me = members
+        .iter()
+        .find(|(name, _, _)| *name == cfg.name)
+        .with_context(|| {
+            format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                cfg.name
+            )
+        })?
+        .clone();
+    let metadata = match recovered.metadata {
+        Some(m) => m,
+        None => {
+            let m = wal::Metadata {
+                member_id: me.1,
+                cluster_id: ids::initial_cluster_id(&cfg),
+            };
+            recovered.end_offset = wal::bootstrap(&wal_dir, m, recovered.end_offset)?;
+            m
+        }
+    };
+    log_info!(
+        "member identity",
+        "local-member-id" => ids::format_id(metadata.member_id),
+        "cluster-id" => ids::format_id(metadata.cluster_id),
+        "shards" => shard_count,
+        "recovered-entries" => recovered.entries.len()
+    );
+
+    let (coord_tx, coord_rx) = flume::bounded(coordinator::COORDINATOR_INBOX_MAX);
+    let mut shard_rxs = Vec::with_capacity(shard_count);
+    let mut shard_txs = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let (tx, rx) = flume::bounded(SHARD_INBOX_MAX);
+        shard_txs.push(tx);
+        shard_rxs.push(rx);
+    }
+    let published = Arc::new(Published::default());
+    let ctx = Context {
+        coordinator: CoordinatorHandle::new(coord_tx),
+        shards: ShardSet::new(shard_txs),
+        published: published.clone(),
+        member: Arc::new(MemberInfo {
+            name: cfg.name.clone(),
+            member_id: metadata.member_id,
+            cluster_id: metadata.cluster_id,
+            peer_urls: me.2.clone(),
+            client_urls: cfg
+                .advertise_client_urls
+                .iter()
+                .map(|u| u.raw.clone())
+                .collect(),
+        }),
+        max_request_bytes: cfg.max_request_bytes as usize,
+        max_txn_ops: cfg.max_txn_ops as usize,
+    };
+
+    let mut listen_addrs = Vec::new();
+    for u in &cfg.listen_client_urls {
+        if u.scheme != "http" {
+            anyhow::bail!(
+                "listen-client-urls: {} is not supported yet (only http:// until TLS lands)",
+                u.raw
+            );
+        }
+        listen_addrs.push(net::resolve(&u.host, u.port)?);
+    }
+
+    let (serving_tx, serving_rx) = oneshot::channel();
+    let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
+    let mut coordinator_parts = Some((
+        recovered,
+        wal_dir.clone(),
+        coord_rx,
+        serving_tx,
+        CoordinatorConfig {
+            member_id: metadata.member_id,
+            heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
+            election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2)
+                as usize,
+        },
+    ));
+    let mut handles = Vec::new();
+    for (core, rx) in shard_rxs.into_iter().enumerate() {
+        let cpu = cpus[core % cpus.len()];
+        let ctx = ctx.clone();
+        let published = published.clone();
+        let addrs = listen_addrs.clone();
+        let parts = if core == 0 {
+            coordinator_parts.take()
+        } else {
+            None
+        };
+        let fatal = fatal_tx.clone();
+        let limits = net::ServeLimits {
+            max_concurrent_streams: cfg.max_concurrent_streams,
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("rusd-core-{core}"))
+            .io_memory(runtime::IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                glommio::spawn_local(runtime::shard::run(rx)).detach();
+                if let Some((recovered, wal_dir, coord_rx, serving_tx, ccfg)) = parts {
+                    let shards = ctx.shards.clone();
+                    let queue = glommio::executor().create_task_queue(
+                        glommio::Shares::Static(1000),
+                        glommio::Latency::Matters(runtime::COORDINATOR_LATENCY),
+                        "coordinator",
+                    );
+                    let fatal = fatal.clone();
+                    glommio::spawn_local_into(
+                        async move {
+                            let result = async {
+                                let c = Coordinator::new(
+                                    ccfg, recovered, &wal_dir, shards, published, coord_rx,
+                                    serving_tx,
+                                )
+                                .await?;
+                                c.run().await
+                            }
+                            .await;
+                            if let Err(e) = result {
+                                let _ = fatal.send(format!("coordinator: {e:#}"));
+                            }
+                        },
+                        queue,
+                    )
+                    .expect("the coordinator queue was just created")
+                    .detach();
+                }
+                let mut listeners = Vec::new();
+                for addr in &addrs {
+                    // SO_REUSEPORT: every core binds the same address; the kernel spreads
+                    // connections across them.
+                    match glommio::net::TcpListener::bind(addr) {
+                        Ok(l) => listeners.push(l),
+                        Err(e) => {
+                            let _ =
+                                fatal.send(format!("listening for client requests on {addr}: {e}"));
+                            return;
+                        }
+                    }
+                }
+                let router = api::router::Router::new(ctx);
+                let limits = Rc::new(limits);
+                let mut serving = Vec::new();
+                for l in listeners {
+                    serving.push(glommio::spawn_local(net::serve(
+                        l,
+                        router.clone(),
+                        limits.clone(),
+                    )));
+                }
+                futures::future::join_all(serving).await;
+            })
+            .map_err(|e| anyhow::anyhow!("starting the executor for core {core}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(fatal_tx);
+
+    // Wait for the member to serve (or fail) before announcing readiness.
+    let ready = std::thread::spawn(move || futures::executor::block_on(serving_rx).is_ok());
+    loop {
+        if let Ok(msg) = fatal_rx.try_recv() {
+            anyhow::bail!("{msg}");
+        }
+        if ready.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !ready.join().unwrap_or(false) {
+        let msg = fatal_rx
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap_or_else(|_| "the coordinator stopped before serving".into());
+        anyhow::bail!("{msg}");
+    }
+    for (u, addr) in cfg.listen_client_urls.iter().zip(&listen_addrs) {
+        log_info!("ready to serve client requests");
+        log_warn!(
+            "serving client traffic insecurely; this is strongly discouraged!",
+            "traffic" => "grpc+http",
+            "address" => addr.to_string(),
+            "url" => u.raw.clone()
+        );
+    }
+
+    // From here the process lives until a signal or a fatal error.
+    let (sig_tx, sig_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sig_tx.send(wait_for_signal());
+    });
+    loop {
+        if let Ok(msg) = fatal_rx.try_recv() {
+            anyhow::bail!("{msg}");
+        }
+        if let Ok(sig) = sig_rx.try_recv() {
+            // Every acknowledged write was fsynced before its answer, so stopping here loses
+            // nothing; unanswered requests fail on the client's side as the connections close.
+            log_info!("received signal; shutting down", "signal" => sig);
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in every thread (the executors inherit the mask), so that one
+/// thread can take them with sigwait.
+fn block_signals() {
+    // SAFETY: plain signal-mask syscalls on a stack set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_for_signal() -> &'static str {
+    // SAFETY: as above; sigwait only reads the set and writes the signal number.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        }
+    }
+}
