@@ -19,6 +19,10 @@
 #   --no-build        with the default binary: do not run cargo, use what is there
 #   --out DIR         output dir (default <repo>/.e2e-out)
 #   --timeout DUR     go test -timeout (default: per tier, summed; see TIER_TIMEOUT below)
+#   --stall-limit S   kill this run's server processes when one top-level test runs longer
+#                     than S seconds (default 300; 0 = off). The framework waits for
+#                     "ready to serve client requests" without any timeout, so a server that
+#                     never gets ready would otherwise stall the run until --timeout.
 #   --list            print the selected test names (go test -list) and exit
 #   -h, --help
 # Exit: 0 when go test passed (or, with --expected, when every listed test passed);
@@ -54,10 +58,11 @@ binary=""
 no_build=0
 out_dir="$REPO_ROOT/.e2e-out"
 timeout=""
+stall_limit=300
 list_only=0
 
 die() { echo "etcd-e2e-compat: $*" >&2; exit 2; }
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -82,6 +87,8 @@ while [ $# -gt 0 ]; do
     --out=*) out_dir="${1#--out=}" ;;
     --timeout) [ $# -ge 2 ] || die "--timeout needs a value"; timeout="$2"; shift ;;
     --timeout=*) timeout="${1#--timeout=}" ;;
+    --stall-limit) [ $# -ge 2 ] || die "--stall-limit needs a value"; stall_limit="$2"; shift ;;
+    --stall-limit=*) stall_limit="${1#--stall-limit=}" ;;
     --list) list_only=1 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
@@ -243,9 +250,23 @@ echo "etcd-e2e-compat: target=$target ($server)"
 echo "etcd-e2e-compat: $n_selected tests selected, timeout $timeout"
 echo "etcd-e2e-compat: $cmd_str"
 t0=$(date +%s)
+: > "$stem.watchdog"
+( cd "$E2E_MOD" && exec "${cmd[@]}" ) > "$jsonl" 2> "$stem.stderr" &
+go_pid=$!
+trap 'kill "$go_pid" 2>/dev/null; exit 130' INT TERM
+wd_pid=""
+if [ "$stall_limit" != 0 ]; then
+  printf '%s\n' $before_pids > "$stem.before-pids"
+  python3 "$SCRIPT_DIR/e2e_watchdog.py" --jsonl "$jsonl" --pid "$go_pid" \
+    --server-exe "$server_real" --before-pids "$stem.before-pids" --limit "$stall_limit" \
+    --log "$stem.watchdog" &
+  wd_pid=$!
+fi
 set +e
-( cd "$E2E_MOD" && "${cmd[@]}" ) > "$jsonl" 2> "$stem.stderr"
+wait "$go_pid"
 go_rc=$?
+[ -n "$wd_pid" ] && wait "$wd_pid"
+trap - INT TERM
 set -e
 t1=$(date +%s)
 
@@ -271,6 +292,10 @@ with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
             sys.stdout.write(ev.get("Output", ""))
 EOF
 cat "$stem.stderr" >> "$log"
+if [ -s "$stem.watchdog" ]; then
+  echo "etcd-e2e-compat: the stall watchdog acted:"; cat "$stem.watchdog"
+  cat "$stem.watchdog" >> "$log"
+fi
 
 # ---------------------------------------------------------------- report
 tiers_json="$out_dir/.tiers.json"
@@ -287,7 +312,8 @@ rep_args=(--jsonl "$jsonl" --report "$report" --target "$target" --tiers-json "$
           --selected-tiers "$(IFS=','; echo "${tiers[*]:-}")" --test-list "$TEST_LIST"
           --run-regex "$run_re" --command "$cmd_str" --started "$started"
           --wall-seconds "$(( t1 - t0 ))" --go-exit "$go_rc"
-          --meta "server_binary=$server" --meta "log=$log" --meta "label=$label")
+          --meta "server_binary=$server" --meta "log=$log" --meta "label=$label"
+          --meta "stall_limit_s=$stall_limit")
 [ -n "$expected" ] && rep_args+=(--expected "$expected")
 set +e
 python3 "$SCRIPT_DIR/e2e_report.py" "${rep_args[@]}"
