@@ -700,10 +700,9 @@ fn validation_messages() {
 #[test]
 fn ignored_and_misc_flags() {
     let c = serve(&["--v", "--snapshot=xyz", "-vv"]);
-    assert!(c
-        .startup_logs
-        .iter()
-        .any(|l| l.msg == "flag is no longer supported - ignoring"));
+    assert!(
+        c.explicitly_set.is_empty() && c.startup_logs.iter().all(|l| !l.msg.contains("no longer"))
+    );
     let c = serve(&[
         "--enable-v2",
         "--v2-deprecation",
