@@ -2,9 +2,13 @@
 //! the routing of keys to shards. Pure and synchronous; it never depends on an async runtime.
 
 pub mod routing;
+pub mod segment;
+pub mod storage;
 pub mod store;
 pub mod types;
 
 pub use routing::{key_hash, shard_for_key};
+pub use segment::{SegmentError, SegmentLog};
+pub use storage::{FaultyStorage, MemStorage, Storage};
 pub use store::{combine_compare, key_in_range, CompareOutcome, MvccStore, TxnOutcome};
 pub use types::*;

@@ -194,6 +194,16 @@ pub fn combine_compare(c: &Compare, outcomes: &[CompareOutcome]) -> bool {
     compare_fields(c, 0, 0, 0, 0, &[])
 }
 
+/// The bookkeeping of one recorded version, as a segment record carries it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Version {
+    pub main: i64,
+    pub sub: i64,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
 /// What a txn has changed so far, so that a failure half-way can put the store back.
 struct Undo {
     /// Each touched key with the number of entries it had before (`None`: it did not exist).
@@ -878,19 +888,44 @@ impl MvccStore {
     /// revision and lease are taken as given, not recomputed, because compaction may have
     /// removed the versions they were computed from.
     pub fn apply_event(&mut self, event: &Event) {
-        let sub = u32::try_from(event.sub_revision).expect("sub-revision fits in 32 bits");
-        let entry = match event.kind {
-            EventKind::Delete => Entry::tombstone(event.kv.mod_revision, sub),
-            EventKind::Put => Entry {
-                main: event.kv.mod_revision,
-                create_revision: event.kv.create_revision,
-                lease: event.kv.lease,
-                value: Some(Arc::from(event.kv.value.as_ref())),
+        let kv = &event.kv;
+        let tombstone = event.kind == EventKind::Delete;
+        let version = Version {
+            main: kv.mod_revision,
+            sub: event.sub_revision,
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+        };
+        self.restore_version(&kv.key, version, (!tombstone).then_some(kv.value.as_ref()));
+    }
+
+    /// `apply_event` without building an Event: recovery feeds archived records straight in.
+    pub(crate) fn restore_version(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) {
+        let sub = u32::try_from(version.sub).expect("sub-revision fits in 32 bits");
+        if value.is_none() && !self.keys.contains_key(key) {
+            // The versions before this tombstone were dropped from a rewritten segment by a
+            // compaction that had not reached the log's checkpoint; WAL replay applies that
+            // compaction again, which drops this tombstone too. Until then it deletes nothing.
+            assert!(
+                version.main >= self.last_revision,
+                "restored revisions only grow"
+            );
+            self.last_revision = version.main;
+            return;
+        }
+        let entry = match value {
+            None => Entry::tombstone(version.main, sub),
+            Some(value) => Entry {
+                main: version.main,
+                create_revision: version.create_revision,
+                lease: version.lease,
+                value: Some(Arc::from(value)),
                 sub,
-                version: u32::try_from(event.kv.version).expect("version fits in 32 bits"),
+                version: u32::try_from(version.version).expect("version fits in 32 bits"),
             },
         };
-        self.push_entry(&event.kv.key, entry);
+        self.push_entry(key, entry);
     }
 
     /// Every version still held, as put/delete events without prev_kv, in (revision,
@@ -916,15 +951,6 @@ impl MvccStore {
         }
         events.sort_by_key(|event| (event.kv.mod_revision, event.sub_revision));
         events
-    }
-
-    /// Sets the compact revision after a replay without touching any version; used by
-    /// recovery, whose records already lack what compaction dropped.
-    #[allow(dead_code)]
-    pub(crate) fn set_compact_revision(&mut self, revision: i64) {
-        if revision > self.compact_revision {
-            self.start_compaction(revision);
-        }
     }
 }
 
