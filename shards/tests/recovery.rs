@@ -75,7 +75,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => strategies::op().prop_filter("writes only", is_write).prop_map(Step::Op),
         2 => Just(Step::Sync),
-        1 => (1u64..400).prop_map(Step::CompactStep),
+        1 => (1u64..400).prop_map(Step::Reclaim),
     ]
 }
 
