@@ -1159,3 +1159,83 @@ fn report_exit_codes() {
     assert_eq!(ConfigError::ShadowedEnv("ETCD_X".into()).exit_code(), 1);
     assert!(usage_text().starts_with("Usage:"));
 }
+
+#[test]
+fn etcd_sample_config_file_shape() {
+    // The key set and value shapes of etcd's etcd.conf.yml.sample (used by e2e
+    // TestEtcdExampleConfig): empty values are YAML nulls and leave defaults in place.
+    let path = write_yaml(
+        "sample",
+        "name: 'default'\ndata-dir:\nwal-dir:\nsnapshot-count: 10000\nheartbeat-interval: 100\n\
+election-timeout: 1000\nquota-backend-bytes: 0\nlisten-peer-urls: http://localhost:2380\n\
+listen-client-urls: http://localhost:2379\nmax-snapshots: 5\nmax-wals: 5\ncors:\n\
+initial-advertise-peer-urls: http://localhost:2380\nadvertise-client-urls: http://localhost:2379\n\
+discovery:\ndiscovery-fallback: 'proxy'\ndiscovery-proxy:\ndiscovery-srv:\ninitial-cluster:\n\
+initial-cluster-token: 'etcd-cluster'\ninitial-cluster-state: 'new'\nstrict-reconfig-check: false\n\
+enable-v2: true\nenable-pprof: true\nproxy: 'off'\nproxy-failure-wait: 5000\nproxy-refresh-interval: 30000\n\
+proxy-dial-timeout: 1000\nproxy-write-timeout: 5000\nproxy-read-timeout: 0\n\
+client-transport-security:\n  cert-file:\n  key-file:\n  client-cert-auth: false\n  trusted-ca-file:\n  auto-tls: false\n\
+peer-transport-security:\n  cert-file:\n  key-file:\n  client-cert-auth: false\n  trusted-ca-file:\n  auto-tls: false\n  allowed-cn:\n  allowed-hostname:\n\
+self-signed-cert-validity: 1\nlog-level: debug\nlogger: zap\nlog-outputs: [stderr]\nforce-new-cluster: false\n\
+auto-compaction-mode: periodic\nauto-compaction-retention: \"1\"\n",
+    );
+    let c = serve(&["--config-file", &path]);
+    assert_eq!(c.name, "default");
+    assert_eq!(c.data_dir, PathBuf::from("default.etcd"));
+    assert_eq!(c.wal_dir, None);
+    assert_eq!(c.initial_cluster_raw, "default=http://localhost:2380");
+    assert_eq!(c.snapshot_count, 10000);
+    assert_eq!(c.cors, vec!["*"]);
+    assert!(c.enable_v2 && !c.strict_reconfig_check);
+    assert_eq!(c.log_level, LogLevel::Debug);
+    assert_eq!(c.log_outputs, vec!["stderr"]);
+    assert_eq!(c.auto_compaction_retention, "1");
+    assert!(c.client_tls.is_empty() && c.peer_tls.allowed_cn.is_empty());
+    assert!(c.verify_bootstrap().is_ok());
+    let ms = crate::ids::members_from_initial_cluster(&c);
+    assert_eq!(ms[0].1, 0x8e9e05c52164694d);
+}
+
+#[test]
+fn e2e_config_tests_flags() {
+    // TestEtcdMultiPeer: port 0 client URLs on 0.0.0.0, two listen peer URLs
+    let c = serve(&[
+        "--name",
+        "e1",
+        "--listen-client-urls",
+        "http://0.0.0.0:0",
+        "--data-dir",
+        "/tmp/e1",
+        "--advertise-client-urls",
+        "http://0.0.0.0:0",
+        "--listen-peer-urls",
+        "http://127.0.0.1:20001,http://127.0.0.1:20004",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:20001",
+        "--initial-cluster",
+        "e0=http://127.0.0.1:20000,e1=http://127.0.0.1:20001,e2=http://127.0.0.1:20002",
+    ]);
+    assert_eq!(c.listen_client_urls[0].port, 0);
+    assert_eq!(c.listen_peer_urls.len(), 2);
+    assert!(c.verify_bootstrap().is_ok());
+    // TestEtcdUnixPeers
+    let c = serve(&[
+        "--data-dir",
+        "/tmp/d",
+        "--name",
+        "e1",
+        "--listen-peer-urls",
+        "unix://etcd.unix:1",
+        "--initial-advertise-peer-urls",
+        "unix://etcd.unix:1",
+        "--initial-cluster",
+        "e1=unix://etcd.unix:1",
+    ]);
+    assert_eq!(c.listen_peer_urls[0].unix_path(), "etcd.unix:1");
+    assert_eq!(c.initial_cluster[0].1.raw, "unix://etcd.unix:1");
+    assert!(c.verify_bootstrap().is_ok());
+    // IDs read from a real etcd v3.5.17 started with these flags
+    let ms = crate::ids::members_from_initial_cluster(&c);
+    assert_eq!(ms[0].1, 0xb16965eda2672782);
+    assert_eq!(crate::ids::initial_cluster_id(&c), 0x72c251f3aa4aa290);
+}
