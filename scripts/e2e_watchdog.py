@@ -5,9 +5,9 @@ etcd's e2e framework waits for "ready to serve client requests" with NO timeout:
 binary that starts but never prints that line (or hangs later while the framework waits on
 its output) stalls the whole `go test` run until -timeout, and every later test is lost.
 
-This watchdog follows the `go test -json` stream while it is written. When one top-level test
-has been running for longer than --limit seconds, it SIGKILLs the server processes that this
-run started (processes whose /proc/PID/exe is --server-exe and whose pid was not in
+This watchdog follows the `go test -json` stream while it is written. When no test or subtest
+has started or finished for --limit seconds while one is running, it SIGKILLs the server
+processes that this run started (processes whose /proc/PID/exe is --server-exe and whose pid was not in
 --before-pids). The framework then sees the pty close, the test fails, and the run goes on.
 It exits when the process --pid (the go test command) is gone.
 """
@@ -62,7 +62,8 @@ def main():
         with open(a.before_pids) as f:
             before = {int(x) for x in f.read().split() if x.strip().isdigit()}
 
-    running = {}   # top-level test -> (start time, kills done)
+    running = set()        # tests and subtests started and not finished
+    last_progress = time.time()
     pos = 0
     buf = ""
     while alive(a.pid):
@@ -82,29 +83,30 @@ def main():
             except ValueError:
                 continue
             name = ev.get("Test") if isinstance(ev, dict) else None
-            if not name or "/" in name:
+            if not name:
                 continue
             act = ev.get("Action")
             if act == "run":
-                running[name] = [now, 0]
+                running.add(name)
+                last_progress = now
             elif act in ("pass", "fail", "skip"):
-                running.pop(name, None)
-        for name, st in list(running.items()):
-            started, kills = st
-            # kill at limit, and again every 60s after that if the test is still stuck
-            if now - started > a.limit + 60 * kills:
-                pids = [p for p in server_pids(a.server_exe) if p not in before]
-                with open(a.log, "a") as lf:
-                    lf.write("%s watchdog: %s running for %.0fs (> %.0fs): SIGKILL server pids %s\n"
-                             % (time.strftime("%H:%M:%S"), name, now - started, a.limit, pids))
-                sys.stderr.write("etcd-e2e-compat watchdog: %s stalled %.0fs; killing server pids %s\n"
-                                 % (name, now - started, pids))
-                for p in pids:
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except OSError:
-                        pass
-                st[1] = kills + 1
+                running.discard(name)
+                last_progress = now
+        if running and now - last_progress > a.limit:
+            pids = [p for p in server_pids(a.server_exe) if p not in before]
+            leaf = max(running, key=lambda n: n.count("/"))
+            msg = ("%s watchdog: no test started or finished for %.0fs (> %.0fs) while %s runs:"
+                   " SIGKILL server pids %s\n"
+                   % (time.strftime("%H:%M:%S"), now - last_progress, a.limit, leaf, pids))
+            with open(a.log, "a") as lf:
+                lf.write(msg)
+            sys.stderr.write("etcd-e2e-compat " + msg.split(" ", 1)[1])
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+            last_progress = now   # next kill only after another full limit
         time.sleep(2)
     return 0
 

@@ -19,10 +19,11 @@
 #   --no-build        with the default binary: do not run cargo, use what is there
 #   --out DIR         output dir (default <repo>/.e2e-out)
 #   --timeout DUR     go test -timeout (default: per tier, summed; see TIER_TIMEOUT below)
-#   --stall-limit S   kill this run's server processes when one top-level test runs longer
-#                     than S seconds (default 300; 0 = off). The framework waits for
+#   --stall-limit S   kill this run's server processes when no test or subtest has started
+#                     or finished for S seconds (default 120; 0 = off). The framework waits for
 #                     "ready to serve client requests" without any timeout, so a server that
 #                     never gets ready would otherwise stall the run until --timeout.
+#   --lock-wait S     wait at most S seconds for another e2e run to finish (default 7200)
 #   --list            print the selected test names (go test -list) and exit
 #   -h, --help
 # Exit: 0 when go test passed (or, with --expected, when every listed test passed);
@@ -58,11 +59,12 @@ binary=""
 no_build=0
 out_dir="$REPO_ROOT/.e2e-out"
 timeout=""
-stall_limit=300
+stall_limit=120
+lock_wait=7200
 list_only=0
 
 die() { echo "etcd-e2e-compat: $*" >&2; exit 2; }
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -89,6 +91,8 @@ while [ $# -gt 0 ]; do
     --timeout=*) timeout="${1#--timeout=}" ;;
     --stall-limit) [ $# -ge 2 ] || die "--stall-limit needs a value"; stall_limit="$2"; shift ;;
     --stall-limit=*) stall_limit="${1#--stall-limit=}" ;;
+    --lock-wait) [ $# -ge 2 ] || die "--lock-wait needs a value"; lock_wait="$2"; shift ;;
+    --lock-wait=*) lock_wait="${1#--lock-wait=}" ;;
     --list) list_only=1 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
@@ -218,6 +222,12 @@ out_dir="$(cd "$out_dir" && pwd)"
 [ -f "$out_dir/.gitignore" ] || echo '*' > "$out_dir/.gitignore"
 bin_dir="$out_dir/bin-$target"
 rm -rf "$bin_dir"; mkdir -p "$bin_dir"
+server_src="$server"
+if [ "$target" = rusd ]; then
+  # Snapshot the binary: other people may rebuild target/ while the run goes on.
+  cp -p "$server" "$bin_dir/rusd"
+  server="$bin_dir/rusd"
+fi
 ln -s "$server" "$bin_dir/etcd"
 ln -s "$REF_BIN/etcdctl" "$bin_dir/etcdctl"
 ln -s "$REF_BIN/etcdutl" "$bin_dir/etcdutl"
@@ -229,7 +239,9 @@ jsonl="$stem.jsonl"; log="$stem.log"; report="$stem.json"
 lock="$CACHE_ROOT/e2e.lock"
 exec 9>"$lock"
 if ! flock -n 9; then
-  die "another e2e run holds $lock (the suite binds fixed ports 20000+; run one at a time)"
+  # the suite binds fixed ports 20000+: runs must not overlap. Wait (at most --lock-wait).
+  echo "etcd-e2e-compat: another e2e run holds $lock; waiting up to ${lock_wait}s ..." >&2
+  flock -w "$lock_wait" 9 || die "gave up waiting for $lock after ${lock_wait}s"
 fi
 
 server_real="$(readlink -f "$server")"
@@ -246,7 +258,7 @@ before_pids="$(pids_of_server | sort)"
 cmd=(go test -json -v -count=1 -timeout "$timeout" -run "$run_re" "$E2E_PKG" -args "-bin-dir=$bin_dir")
 cmd_str="cd $E2E_MOD && GOFLAGS='$GOFLAGS' ${cmd[*]}"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "etcd-e2e-compat: target=$target ($server)"
+echo "etcd-e2e-compat: target=$target ($server_src)"
 echo "etcd-e2e-compat: $n_selected tests selected, timeout $timeout"
 echo "etcd-e2e-compat: $cmd_str"
 t0=$(date +%s)
@@ -312,7 +324,7 @@ rep_args=(--jsonl "$jsonl" --report "$report" --target "$target" --tiers-json "$
           --selected-tiers "$(IFS=','; echo "${tiers[*]:-}")" --test-list "$TEST_LIST"
           --run-regex "$run_re" --command "$cmd_str" --started "$started"
           --wall-seconds "$(( t1 - t0 ))" --go-exit "$go_rc"
-          --meta "server_binary=$server" --meta "log=$log" --meta "label=$label"
+          --meta "server_binary=$server_src" --meta "log=$log" --meta "label=$label"
           --meta "stall_limit_s=$stall_limit")
 [ -n "$expected" ] && rep_args+=(--expected "$expected")
 set +e
