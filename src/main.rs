@@ -50,14 +50,16 @@ fn main() {
             }
         }
         Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
+            e.report();
+            std::process::exit(e.exit_code());
         }
     }
 }
 
 fn serve(cfg: Config) -> anyhow::Result<()> {
     logging::init(cfg.log_level, &cfg.log_outputs)?;
+    cfg.emit_startup_logs();
+    cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
     log_info!(
         "starting rusd",
         "etcd-version" => api::maintenance::SERVER_VERSION,
@@ -170,6 +172,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
             election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2)
                 as usize,
+            lease_ttl_min_secs: lease_ttl_min_secs(&cfg),
         },
     ));
     let mut handles = Vec::new();
@@ -294,6 +297,13 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.
+fn lease_ttl_min_secs(cfg: &Config) -> i64 {
+    let ticks = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(1);
+    let min_ms = (3 * ticks / 2) * cfg.heartbeat_interval_ms;
+    min_ms.div_ceil(1000) as i64
 }
 
 /// Blocks SIGINT and SIGTERM in every thread (the executors inherit the mask), so that one

@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod http;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod router;
 pub mod status;

@@ -8,12 +8,14 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer,
 };
 use tower_service::Service;
 
 use super::http::Body;
 use super::kv::KvService;
+use super::lease::LeaseService;
 use super::maintenance::{ClusterService, MaintenanceService};
 use super::Context;
 
@@ -27,6 +29,7 @@ pub struct Router {
     kv: KvServer<KvService>,
     maintenance: MaintenanceServer<MaintenanceService>,
     cluster: ClusterServer<ClusterService>,
+    lease: LeaseServer<LeaseService>,
 }
 
 impl Router {
@@ -40,6 +43,9 @@ impl Router {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
             cluster: ClusterServer::new(ClusterService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX),
+            lease: LeaseServer::new(LeaseService { ctx: ctx.clone() })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
             ctx,
@@ -70,6 +76,10 @@ where
         }
         if path.starts_with("/etcdserverpb.Maintenance/") {
             let mut s = self.maintenance.clone();
+            return Box::pin(async move { s.call(req).await });
+        }
+        if path.starts_with("/etcdserverpb.Lease/") {
+            let mut s = self.lease.clone();
             return Box::pin(async move { s.call(req).await });
         }
         if path.starts_with("/etcdserverpb.Cluster/") {

@@ -18,6 +18,8 @@ pub enum WriteRequest {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact { revision: i64 },
+    LeaseGrant { id: i64, ttl_secs: i64 },
+    LeaseRevoke { id: i64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,8 @@ const TAG_DELETE_RANGE: u8 = 2;
 const TAG_TXN: u8 = 3;
 const TAG_COMPACT: u8 = 4;
 const TAG_RANGE: u8 = 5;
+const TAG_LEASE_GRANT: u8 = 6;
+const TAG_LEASE_REVOKE: u8 = 7;
 
 pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(64);
@@ -53,6 +57,15 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
             out.put_u8(TAG_COMPACT);
             put_varint(&mut out, zigzag(*revision));
         }
+        WriteRequest::LeaseGrant { id, ttl_secs } => {
+            out.put_u8(TAG_LEASE_GRANT);
+            put_i64(&mut out, *id);
+            put_i64(&mut out, *ttl_secs);
+        }
+        WriteRequest::LeaseRevoke { id } => {
+            out.put_u8(TAG_LEASE_REVOKE);
+            put_i64(&mut out, *id);
+        }
     }
     out.to_vec()
 }
@@ -69,6 +82,13 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
         TAG_TXN => WriteRequest::Txn(get_txn(&mut buf, 0)?),
         TAG_COMPACT => WriteRequest::Compact {
             revision: unzigzag(get_varint(&mut buf)?),
+        },
+        TAG_LEASE_GRANT => WriteRequest::LeaseGrant {
+            id: get_i64(&mut buf)?,
+            ttl_secs: get_i64(&mut buf)?,
+        },
+        TAG_LEASE_REVOKE => WriteRequest::LeaseRevoke {
+            id: get_i64(&mut buf)?,
         },
         _ => return Err(DecodeError("unknown request tag")),
     };
@@ -417,6 +437,11 @@ mod tests {
         for req in [
             WriteRequest::Txn(txn),
             WriteRequest::Compact { revision: 42 },
+            WriteRequest::LeaseGrant {
+                id: 7,
+                ttl_secs: 60,
+            },
+            WriteRequest::LeaseRevoke { id: -3 },
         ] {
             let bytes = encode(99, &req);
             let (id, back) = decode(&bytes).unwrap();

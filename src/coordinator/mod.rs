@@ -3,6 +3,7 @@
 //! order by driving the shards, and answers the proposers.
 
 pub mod codec;
+pub mod lease;
 pub mod wal;
 
 use std::collections::HashMap;
@@ -69,6 +70,16 @@ pub enum WriteResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
+    LeaseGrant { id: i64, ttl_secs: i64 },
+    LeaseRevoke,
+}
+
+/// What LeaseTimeToLive reports.
+#[derive(Clone, Debug)]
+pub struct LeaseInfo {
+    pub remaining_secs: i64,
+    pub granted_ttl_secs: i64,
+    pub keys: Vec<Bytes>,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +100,19 @@ pub enum CoordMsg {
     /// (raft ReadIndex): a read after that is linearizable.
     ReadIndex {
         reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
+    /// Restarts a lease's clock (leader only); answers its TTL.
+    LeaseKeepAlive {
+        id: i64,
+        reply: oneshot::Sender<Result<Option<i64>, EtcdError>>,
+    },
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+        reply: oneshot::Sender<Option<LeaseInfo>>,
+    },
+    LeaseLeases {
+        reply: oneshot::Sender<Vec<i64>>,
     },
 }
 
@@ -113,12 +137,20 @@ impl CoordinatorHandle {
     }
 
     pub async fn read_index(&self) -> Result<(), EtcdError> {
+        self.ask(|reply| CoordMsg::ReadIndex { reply }).await?
+    }
+
+    /// Sends a message built around a fresh oneshot and waits for the answer.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> CoordMsg,
+    ) -> Result<T, EtcdError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send_async(CoordMsg::ReadIndex { reply })
+            .send_async(make(reply))
             .await
             .map_err(|_| EtcdError::Stopped)?;
-        rx.await.map_err(|_| EtcdError::Stopped)?
+        rx.await.map_err(|_| EtcdError::Stopped)
     }
 }
 
@@ -126,6 +158,8 @@ pub struct CoordinatorConfig {
     pub member_id: u64,
     pub heartbeat_interval: Duration,
     pub election_ticks: usize,
+    /// etcd's minimum lease TTL: ceil(1.5 × election timeout), in seconds.
+    pub lease_ttl_min_secs: i64,
 }
 
 pub struct Coordinator {
@@ -149,6 +183,9 @@ pub struct Coordinator {
     on_serving: Option<oneshot::Sender<()>>,
     /// Where the events of each applied write go (the watch hub, once it exists).
     events_applied: u64,
+    leases: lease::LeaseTable,
+    member_id: u64,
+    was_leader: bool,
 }
 
 impl Coordinator {
@@ -214,6 +251,9 @@ impl Coordinator {
             applied_index: 0,
             on_serving: Some(on_serving),
             events_applied: 0,
+            leases: lease::LeaseTable::new(cfg.lease_ttl_min_secs),
+            member_id: cfg.member_id,
+            was_leader: false,
         })
     }
 
@@ -223,6 +263,7 @@ impl Coordinator {
             let now = Instant::now();
             if now >= next_tick {
                 self.node.tick();
+                self.expire_leases(now);
                 next_tick += self.heartbeat_interval;
                 if next_tick < now {
                     next_tick = now + self.heartbeat_interval;
@@ -261,10 +302,65 @@ impl Coordinator {
         match msg {
             CoordMsg::Propose { req, reply } => self.propose(req, reply),
             CoordMsg::ReadIndex { reply } => self.start_read(vec![reply]),
+            CoordMsg::LeaseKeepAlive { id, reply } => {
+                let r = if self.node.raft.state == StateRole::Leader {
+                    Ok(self.leases.renew(id, Instant::now()))
+                } else if self.node.raft.leader_id == raft::INVALID_ID {
+                    Err(EtcdError::NoLeader)
+                } else {
+                    Err(EtcdError::NotLeader)
+                };
+                let _ = reply.send(r);
+            }
+            CoordMsg::LeaseTimeToLive { id, keys, reply } => {
+                let info = self.leases.get(id).map(|l| LeaseInfo {
+                    remaining_secs: self.leases.remaining_secs(id, Instant::now()).unwrap_or(0),
+                    granted_ttl_secs: l.ttl_secs,
+                    keys: if keys {
+                        l.keys.iter().cloned().collect()
+                    } else {
+                        Vec::new()
+                    },
+                });
+                let _ = reply.send(info);
+            }
+            CoordMsg::LeaseLeases { reply } => {
+                let _ = reply.send(self.leases.ids());
+            }
         }
     }
 
-    fn propose(&mut self, req: WriteRequest, reply: WriteReply) {
+    /// Leader only: proposes a revoke for every lease whose time ran out.
+    fn expire_leases(&mut self, now: Instant) {
+        if self.node.raft.state != StateRole::Leader {
+            return;
+        }
+        for id in self.leases.take_expired(now) {
+            let data = codec::encode(0, &WriteRequest::LeaseRevoke { id });
+            if self.node.propose(Vec::new(), data).is_err() {
+                self.leases.revoke_failed(id);
+            }
+        }
+    }
+
+    /// A lease ID for a grant that asked the server to pick: unique on this member (member
+    /// bits, then the clock, then a counter, as etcd's generator), positive, and unused.
+    fn new_lease_id(&mut self) -> i64 {
+        loop {
+            let id = (self.next_request_id ^ (self.member_id << 48)) as i64 & i64::MAX;
+            self.next_request_id = self.next_request_id.wrapping_add(1);
+            if id != 0 && !self.leases.contains(id) {
+                return id;
+            }
+        }
+    }
+
+    fn propose(&mut self, mut req: WriteRequest, reply: WriteReply) {
+        if let WriteRequest::LeaseGrant { id, .. } = &mut req {
+            if *id == 0 {
+                *id = self.new_lease_id();
+            }
+        }
         if self.node.raft.state != StateRole::Leader && self.node.raft.leader_id == raft::INVALID_ID
         {
             let _ = reply.send(Err(EtcdError::NoLeader));
@@ -310,6 +406,13 @@ impl Coordinator {
         drop(ready.take_messages());
         if let Some(ss) = ready.ss() {
             self.published.leader.store(ss.leader_id, Ordering::Release);
+            let leader = ss.raft_state == StateRole::Leader;
+            if leader && !self.was_leader {
+                self.leases.start_clocks(Instant::now());
+            } else if !leader && self.was_leader {
+                self.leases.stop_clocks();
+            }
+            self.was_leader = leader;
         }
         let committed = ready.take_committed_entries();
         self.apply_entries(committed).await?;
@@ -435,6 +538,9 @@ impl Coordinator {
         let main = self.revision + 1;
         let mut events = Vec::new();
         let result = match req {
+            WriteRequest::Put(p) if p.lease != 0 && !self.leases.contains(p.lease) => {
+                Err(EtcdError::LeaseNotFound)
+            }
             WriteRequest::Put(p) => {
                 let owner = self.shards.owner(&p.key);
                 let r = self
@@ -477,7 +583,27 @@ impl Coordinator {
                     Ok(WriteResponse::Compact)
                 }
             }
+            WriteRequest::LeaseGrant { id, ttl_secs } => {
+                let now = (self.node.raft.state == StateRole::Leader).then(Instant::now);
+                match self.leases.grant(id, ttl_secs, now) {
+                    Ok(ttl_secs) => Ok(WriteResponse::LeaseGrant { id, ttl_secs }),
+                    Err(lease::GrantError::Exists) => Err(EtcdError::LeaseExists),
+                    Err(lease::GrantError::TtlTooLarge) => Err(EtcdError::LeaseTtlTooLarge),
+                    Err(lease::GrantError::NoId) => Err(EtcdError::LeaseNotFound),
+                }
+            }
+            WriteRequest::LeaseRevoke { id } => match self.leases.get(id) {
+                None => Err(EtcdError::LeaseNotFound),
+                Some(l) => {
+                    // All attached keys go in one revision, in key order.
+                    let keys: Vec<Bytes> = l.keys.iter().cloned().collect();
+                    self.delete_keys(main, 0, keys, &mut events).await?;
+                    self.leases.remove(id);
+                    Ok(WriteResponse::LeaseRevoke)
+                }
+            },
         };
+        self.leases.observe(&events);
         if !events.is_empty() {
             assert!(
                 result.is_ok(),
@@ -529,13 +655,32 @@ impl Coordinator {
             .range(&probe, main)
             .await?
             .map_err(|e| anyhow::anyhow!("listing keys to delete: {e}"))?;
+        let keys: Vec<Bytes> = live.kvs.into_iter().map(|kv| kv.key).collect();
+        let deleted = keys.len() as i64;
+        let prev_kvs = self.delete_keys(main, *sub, keys, events).await?;
+        *sub += deleted;
+        Ok(DeleteRangeResponse {
+            deleted,
+            prev_kvs: if d.prev_kv { prev_kvs } else { Vec::new() },
+        })
+    }
+
+    /// Deletes exactly `keys` (sorted, live) at `main`, sub-revisions from `first_sub` in key
+    /// order; returns their previous values in key order.
+    async fn delete_keys(
+        &mut self,
+        main: i64,
+        first_sub: i64,
+        keys: Vec<Bytes>,
+        events: &mut Vec<Event>,
+    ) -> anyhow::Result<Vec<shards::KeyValue>> {
         let mut per_shard: Vec<Vec<(Bytes, i64)>> = vec![Vec::new(); self.shards.len()];
-        for kv in &live.kvs {
-            per_shard[self.shards.owner(&kv.key)].push((kv.key.clone(), *sub));
-            *sub += 1;
+        for (i, key) in keys.into_iter().enumerate() {
+            let owner = self.shards.owner(&key);
+            per_shard[owner].push((key, first_sub + i as i64));
         }
-        let mut prev_kvs = Vec::with_capacity(live.kvs.len());
-        let mut new_events = Vec::with_capacity(live.kvs.len());
+        let mut prev_kvs = Vec::new();
+        let mut new_events = Vec::new();
         for (shard, keys) in per_shard.into_iter().enumerate() {
             if keys.is_empty() {
                 continue;
@@ -550,10 +695,7 @@ impl Coordinator {
         prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));
         new_events.sort_by_key(|e| e.sub_revision);
         events.extend(new_events);
-        Ok(DeleteRangeResponse {
-            deleted: live.kvs.len() as i64,
-            prev_kvs: if d.prev_kv { prev_kvs } else { Vec::new() },
-        })
+        Ok(prev_kvs)
     }
 
     async fn txn(
@@ -565,7 +707,13 @@ impl Coordinator {
         if let Some(check) = check_txn_revisions(t, self.revision, self.compact_revision) {
             return Ok(Err(check));
         }
-        if let Some(shard) = single_shard_of_txn(t, &self.shards) {
+        let leases_known = all_put_leases(t).iter().all(|l| self.leases.contains(*l));
+        let single = if leases_known {
+            single_shard_of_txn(t, &self.shards)
+        } else {
+            None
+        };
+        if let Some(shard) = single {
             let req = t.clone();
             let outcome = self
                 .shards
@@ -636,8 +784,12 @@ impl Coordinator {
     /// existing key (as of before the txn).
     async fn check_path(&self, t: &TxnRequest, path: &[bool]) -> anyhow::Result<Option<EtcdError>> {
         let mut puts = Vec::new();
+        let mut leases = Vec::new();
         let mut cursor = 0;
-        collect_taken_puts(t, path, &mut cursor, &mut puts);
+        collect_taken_puts(t, path, &mut cursor, &mut puts, &mut leases);
+        if leases.iter().any(|l| !self.leases.contains(*l)) {
+            return Ok(Some(EtcdError::LeaseNotFound));
+        }
         for key in puts {
             let probe = RangeRequest {
                 key: key.clone(),
@@ -714,16 +866,43 @@ impl Coordinator {
     }
 }
 
-fn collect_taken_puts(t: &TxnRequest, path: &[bool], cursor: &mut usize, out: &mut Vec<Bytes>) {
+/// The keys of the taken path's puts that need an existing key, and the leases its puts name.
+fn collect_taken_puts(
+    t: &TxnRequest,
+    path: &[bool],
+    cursor: &mut usize,
+    out: &mut Vec<Bytes>,
+    leases: &mut Vec<i64>,
+) {
     let ok = path[*cursor];
     *cursor += 1;
     for op in if ok { &t.success } else { &t.failure } {
         match op {
-            RequestOp::Put(p) if p.ignore_value || p.ignore_lease => out.push(p.key.clone()),
-            RequestOp::Txn(inner) => collect_taken_puts(inner, path, cursor, out),
+            RequestOp::Put(p) => {
+                if p.ignore_value || p.ignore_lease {
+                    out.push(p.key.clone());
+                }
+                if p.lease != 0 {
+                    leases.push(p.lease);
+                }
+            }
+            RequestOp::Txn(inner) => collect_taken_puts(inner, path, cursor, out, leases),
             _ => {}
         }
     }
+}
+
+/// Every lease any put of the txn names, on either branch.
+fn all_put_leases(t: &TxnRequest) -> Vec<i64> {
+    let mut out = Vec::new();
+    for op in t.success.iter().chain(t.failure.iter()) {
+        match op {
+            RequestOp::Put(p) if p.lease != 0 => out.push(p.lease),
+            RequestOp::Txn(inner) => out.extend(all_put_leases(inner)),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Range revisions anywhere in a txn are checked against the store before it runs, as etcd
