@@ -14,7 +14,6 @@ mod net;
 mod runtime;
 
 use std::ffi::OsString;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,16 +148,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         max_txn_ops: cfg.max_txn_ops as usize,
     };
 
-    let mut listen_addrs = Vec::new();
-    for u in &cfg.listen_client_urls {
-        if u.scheme != "http" {
-            anyhow::bail!(
-                "listen-client-urls: {} is not supported yet (only http:// until TLS lands)",
-                u.raw
-            );
-        }
-        listen_addrs.push(net::resolve(&u.host, u.port)?);
-    }
+    let listen_plan = net::ListenPlan::new(&cfg)?;
 
     let (serving_tx, serving_rx) = oneshot::channel();
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
@@ -173,6 +163,9 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2)
                 as usize,
             lease_ttl_min_secs: lease_ttl_min_secs(&cfg),
+            watch_progress_interval: Duration::from_millis(
+                cfg.experimental_watch_progress_notify_interval_ms,
+            ),
         },
     ));
     let mut handles = Vec::new();
@@ -180,7 +173,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         let cpu = cpus[core % cpus.len()];
         let ctx = ctx.clone();
         let published = published.clone();
-        let addrs = listen_addrs.clone();
+        let plan = listen_plan.clone();
         let parts = if core == 0 {
             coordinator_parts.take()
         } else {
@@ -223,30 +216,15 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                     .expect("the coordinator queue was just created")
                     .detach();
                 }
-                let mut listeners = Vec::new();
-                for addr in &addrs {
-                    // SO_REUSEPORT: every core binds the same address; the kernel spreads
-                    // connections across them.
-                    match glommio::net::TcpListener::bind(addr) {
-                        Ok(l) => listeners.push(l),
-                        Err(e) => {
-                            let _ =
-                                fatal.send(format!("listening for client requests on {addr}: {e}"));
-                            return;
-                        }
+                let listeners = match plan.bind(core, shard_count) {
+                    Ok(l) => l,
+                    Err(msg) => {
+                        let _ = fatal.send(msg);
+                        return;
                     }
-                }
+                };
                 let router = api::router::Router::new(ctx);
-                let limits = Rc::new(limits);
-                let mut serving = Vec::new();
-                for l in listeners {
-                    serving.push(glommio::spawn_local(net::serve(
-                        l,
-                        router.clone(),
-                        limits.clone(),
-                    )));
-                }
-                futures::future::join_all(serving).await;
+                plan.serve(listeners, router, limits).await;
             })
             .map_err(|e| anyhow::anyhow!("starting the executor for core {core}: {e}"))?;
         handles.push(handle);
@@ -270,15 +248,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "the coordinator stopped before serving".into());
         anyhow::bail!("{msg}");
     }
-    for (u, addr) in cfg.listen_client_urls.iter().zip(&listen_addrs) {
-        log_info!("ready to serve client requests");
-        log_warn!(
-            "serving client traffic insecurely; this is strongly discouraged!",
-            "traffic" => "grpc+http",
-            "address" => addr.to_string(),
-            "url" => u.raw.clone()
-        );
-    }
+    listen_plan.log_ready();
 
     // From here the process lives until a signal or a fatal error.
     let (sig_tx, sig_rx) = std::sync::mpsc::channel();

@@ -8,6 +8,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod router;
 pub mod status;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use tower_service::Service;
 
@@ -17,6 +17,7 @@ use super::http::Body;
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::{ClusterService, MaintenanceService};
+use super::watch::WatchService;
 use super::Context;
 
 /// gRPC decode limit above --max-request-bytes, as etcd sets it: large enough that etcd's own
@@ -30,6 +31,7 @@ pub struct Router {
     maintenance: MaintenanceServer<MaintenanceService>,
     cluster: ClusterServer<ClusterService>,
     lease: LeaseServer<LeaseService>,
+    watch: WatchServer<WatchService>,
 }
 
 impl Router {
@@ -46,6 +48,9 @@ impl Router {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
             lease: LeaseServer::new(LeaseService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX),
+            watch: WatchServer::new(WatchService { ctx: ctx.clone() })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
             ctx,
@@ -76,6 +81,10 @@ where
         }
         if path.starts_with("/etcdserverpb.Maintenance/") {
             let mut s = self.maintenance.clone();
+            return Box::pin(async move { s.call(req).await });
+        }
+        if path.starts_with("/etcdserverpb.Watch/") {
+            let mut s = self.watch.clone();
             return Box::pin(async move { s.call(req).await });
         }
         if path.starts_with("/etcdserverpb.Lease/") {

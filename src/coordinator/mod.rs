@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod lease;
 pub mod wal;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -114,6 +115,7 @@ pub enum CoordMsg {
     LeaseLeases {
         reply: oneshot::Sender<Vec<i64>>,
     },
+    Watch(watch::WatchMsg),
 }
 
 /// A `Send` handle to the coordinator, for any core.
@@ -140,6 +142,14 @@ impl CoordinatorHandle {
         self.ask(|reply| CoordMsg::ReadIndex { reply }).await?
     }
 
+    /// Sends a message that needs no answer.
+    pub async fn send(&self, msg: CoordMsg) -> Result<(), EtcdError> {
+        self.tx
+            .send_async(msg)
+            .await
+            .map_err(|_| EtcdError::Stopped)
+    }
+
     /// Sends a message built around a fresh oneshot and waits for the answer.
     pub async fn ask<T>(
         &self,
@@ -160,6 +170,8 @@ pub struct CoordinatorConfig {
     pub election_ticks: usize,
     /// etcd's minimum lease TTL: ceil(1.5 × election timeout), in seconds.
     pub lease_ttl_min_secs: i64,
+    /// --experimental-watch-progress-notify-interval.
+    pub watch_progress_interval: Duration,
 }
 
 pub struct Coordinator {
@@ -186,6 +198,9 @@ pub struct Coordinator {
     leases: lease::LeaseTable,
     member_id: u64,
     was_leader: bool,
+    watch: watch::WatchHub,
+    watch_progress_interval: Duration,
+    next_watch_progress: Instant,
 }
 
 impl Coordinator {
@@ -254,6 +269,9 @@ impl Coordinator {
             leases: lease::LeaseTable::new(cfg.lease_ttl_min_secs),
             member_id: cfg.member_id,
             was_leader: false,
+            watch: watch::WatchHub::default(),
+            watch_progress_interval: cfg.watch_progress_interval,
+            next_watch_progress: Instant::now() + cfg.watch_progress_interval,
         })
     }
 
@@ -264,6 +282,15 @@ impl Coordinator {
             if now >= next_tick {
                 self.node.tick();
                 self.expire_leases(now);
+                if self.watch.watcher_count() > 0 {
+                    let notify = now >= self.next_watch_progress;
+                    if notify {
+                        self.next_watch_progress = now + self.watch_progress_interval;
+                    }
+                    self.watch
+                        .tick(&self.shards, self.revision, self.compact_revision, notify)
+                        .await?;
+                }
                 next_tick += self.heartbeat_interval;
                 if next_tick < now {
                     next_tick = now + self.heartbeat_interval;
@@ -280,14 +307,14 @@ impl Coordinator {
                     Either::Right(_) => None,
                 };
                 if let Some(msg) = got {
-                    self.handle(msg);
+                    self.handle(msg).await?;
                 }
             }
             let mut read_batch = Vec::new();
             for _ in 0..INBOX_BATCH_MAX {
                 match self.inbox.try_recv() {
                     Ok(CoordMsg::ReadIndex { reply }) => read_batch.push(reply),
-                    Ok(msg) => self.handle(msg),
+                    Ok(msg) => self.handle(msg).await?,
                     Err(_) => break,
                 }
             }
@@ -298,8 +325,13 @@ impl Coordinator {
         }
     }
 
-    fn handle(&mut self, msg: CoordMsg) {
+    async fn handle(&mut self, msg: CoordMsg) -> anyhow::Result<()> {
         match msg {
+            CoordMsg::Watch(m) => {
+                self.watch
+                    .handle(m, &self.shards, self.revision, self.compact_revision)
+                    .await?;
+            }
             CoordMsg::Propose { req, reply } => self.propose(req, reply),
             CoordMsg::ReadIndex { reply } => self.start_read(vec![reply]),
             CoordMsg::LeaseKeepAlive { id, reply } => {
@@ -328,6 +360,7 @@ impl Coordinator {
                 let _ = reply.send(self.leases.ids());
             }
         }
+        Ok(())
     }
 
     /// Leader only: proposes a revoke for every lease whose time ran out.
@@ -611,6 +644,7 @@ impl Coordinator {
             );
             self.revision = main;
             self.events_applied += events.len() as u64;
+            self.watch.on_apply(main, &events);
         }
         Ok(result.map(|response| WriteOutcome {
             revision: self.revision,

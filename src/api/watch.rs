@@ -1,0 +1,159 @@
+//! etcd's Watch service: one bidirectional stream per client, many watchers per stream. The
+//! stream's requests go to the watch hub in the coordinator; its responses come back through
+//! one bounded outbox per stream (see `coordinator::watch`).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{Stream, StreamExt};
+use proto::etcdserverpb as pb;
+use proto::etcdserverpb::watch_create_request::FilterType;
+use proto::etcdserverpb::watch_request::RequestUnion;
+use proto::mvccpb;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::kv_out;
+use super::status::status;
+use super::Context;
+use crate::coordinator::watch::{WatchCreate, WatchMsg, WatchOut, WATCH_OUTBOX_MAX};
+use crate::coordinator::CoordMsg;
+use crate::error::EtcdError;
+
+/// Stream IDs are unique per process; the hub keys its streams by them.
+static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+pub struct WatchService {
+    pub ctx: Context,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+/// Kubernetes sets `hasleader: true` on watches: such a stream must fail while there is no
+/// leader rather than wait silently.
+pub fn require_leader<T>(ctx: &Context, request: &Request<T>) -> Result<(), Status> {
+    let wants_leader = request
+        .metadata()
+        .get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true");
+    if wants_leader && ctx.published.leader() == 0 {
+        return Err(status(EtcdError::NoLeader));
+    }
+    Ok(())
+}
+
+fn event_out(e: shards::Event) -> mvccpb::Event {
+    mvccpb::Event {
+        r#type: match e.kind {
+            shards::EventKind::Put => mvccpb::event::EventType::Put as i32,
+            shards::EventKind::Delete => mvccpb::event::EventType::Delete as i32,
+        },
+        kv: Some(kv_out(e.kv)),
+        prev_kv: e.prev_kv.map(kv_out),
+    }
+}
+
+fn response_out(ctx: &Context, out: WatchOut) -> pb::WatchResponse {
+    let mut r = pb::WatchResponse::default();
+    let revision = match out {
+        WatchOut::Created { watch_id, revision } => {
+            r.watch_id = watch_id;
+            r.created = true;
+            revision
+        }
+        WatchOut::CreateRefused {
+            watch_id,
+            revision,
+            reason,
+        } => {
+            r.watch_id = watch_id;
+            r.created = true;
+            r.canceled = true;
+            r.cancel_reason = reason.to_string();
+            revision
+        }
+        WatchOut::Events {
+            watch_id,
+            revision,
+            events,
+        } => {
+            r.watch_id = watch_id;
+            r.events = events.into_iter().map(event_out).collect();
+            revision
+        }
+        WatchOut::Canceled {
+            watch_id,
+            revision,
+            compact_revision,
+        } => {
+            r.watch_id = watch_id;
+            r.canceled = true;
+            r.compact_revision = compact_revision;
+            if compact_revision != 0 {
+                r.cancel_reason =
+                    "etcdserver: mvcc: required revision has been compacted".to_string();
+            }
+            revision
+        }
+        WatchOut::Progress { watch_id, revision } => {
+            r.watch_id = watch_id;
+            revision
+        }
+    };
+    r.header = Some(ctx.header(revision));
+    r
+}
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        require_leader(&self.ctx, &request)?;
+        let mut incoming = request.into_inner();
+        let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+        let (out_tx, out_rx) = flume::bounded::<WatchOut>(WATCH_OUTBOX_MAX);
+        let ctx = self.ctx.clone();
+        // The request reader stays on this core, beside its connection.
+        glommio::spawn_local(async move {
+            let send = |m: WatchMsg| ctx.coordinator.send(CoordMsg::Watch(m));
+            while let Ok(Some(req)) = incoming.message().await {
+                let msg = match req.request_union {
+                    Some(RequestUnion::CreateRequest(c)) => WatchMsg::Create {
+                        stream,
+                        req: WatchCreate {
+                            key: c.key,
+                            range_end: c.range_end,
+                            start_revision: c.start_revision,
+                            prev_kv: c.prev_kv,
+                            progress_notify: c.progress_notify,
+                            filter_put: c.filters.contains(&(FilterType::Noput as i32)),
+                            filter_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+                            watch_id: c.watch_id,
+                        },
+                        out: out_tx.clone(),
+                    },
+                    Some(RequestUnion::CancelRequest(c)) => WatchMsg::Cancel {
+                        stream,
+                        watch_id: c.watch_id,
+                    },
+                    Some(RequestUnion::ProgressRequest(_)) => WatchMsg::RequestProgress { stream },
+                    None => continue,
+                };
+                if send(msg).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send(WatchMsg::Close { stream }).await;
+        })
+        .detach();
+        let ctx = self.ctx.clone();
+        let responses = out_rx
+            .into_stream()
+            .map(move |out| Ok(response_out(&ctx, out)));
+        Ok(Response::new(Box::pin(responses)))
+    }
+}

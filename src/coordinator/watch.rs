@@ -1,0 +1,446 @@
+//! The watch hub: every watcher of this member, fed the events of each applied revision in
+//! log order. It lives inside the coordinator task on core 0, so a watcher's catch-up from
+//! shard history and the live flow never overlap: nothing is applied while a catch-up reads.
+//!
+//! Each gRPC stream has one bounded outbox shared by its watchers. A watcher whose outbox is
+//! full is not blocked on and loses nothing: it becomes "unsynced" at the first revision it
+//! missed and is caught up again from history on a later tick.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use shards::{Event, EventKind};
+
+use crate::runtime::mesh::ShardSet;
+use crate::runtime::shard::ShardMsg;
+
+/// Responses a stream's outbox holds before its watchers fall back to catching up.
+pub const WATCH_OUTBOX_MAX: usize = 1024;
+/// Revisions read from history per catch-up step, so a watcher starting far back costs
+/// bounded memory per step (etcd uses the same batch of 1000 revisions).
+const CATCH_UP_REVISIONS_MAX: i64 = 1000;
+
+#[derive(Clone, Debug)]
+pub struct WatchCreate {
+    pub key: Bytes,
+    pub range_end: Bytes,
+    pub start_revision: i64,
+    pub prev_kv: bool,
+    pub progress_notify: bool,
+    pub filter_put: bool,
+    pub filter_delete: bool,
+    /// 0 = let the server pick (etcd's AutoWatchID).
+    pub watch_id: i64,
+}
+
+/// What the hub sends to a stream; the API layer turns it into WatchResponses.
+#[derive(Clone, Debug)]
+pub enum WatchOut {
+    Created {
+        watch_id: i64,
+        revision: i64,
+    },
+    /// The requested watch ID is taken on this stream.
+    CreateRefused {
+        watch_id: i64,
+        revision: i64,
+        reason: &'static str,
+    },
+    Events {
+        watch_id: i64,
+        revision: i64,
+        events: Vec<Event>,
+    },
+    Canceled {
+        watch_id: i64,
+        revision: i64,
+        compact_revision: i64,
+    },
+    Progress {
+        watch_id: i64,
+        revision: i64,
+    },
+}
+
+pub enum WatchMsg {
+    Create {
+        stream: u64,
+        req: WatchCreate,
+        out: flume::Sender<WatchOut>,
+    },
+    Cancel {
+        stream: u64,
+        watch_id: i64,
+    },
+    RequestProgress {
+        stream: u64,
+    },
+    Close {
+        stream: u64,
+    },
+}
+
+struct Watcher {
+    key: Bytes,
+    range_end: Bytes,
+    prev_kv: bool,
+    progress_notify: bool,
+    filter_put: bool,
+    filter_delete: bool,
+    /// The first revision this watcher has not been sent yet.
+    next_revision: i64,
+    synced: bool,
+}
+
+impl Watcher {
+    fn matches(&self, key: &[u8]) -> bool {
+        key_in_range(key, &self.key, &self.range_end)
+    }
+
+    /// The events of one revision this watcher should see, shaped as it asked.
+    fn select(&self, events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| self.matches(&e.kv.key))
+            .filter(|e| match e.kind {
+                EventKind::Put => !self.filter_put,
+                EventKind::Delete => !self.filter_delete,
+            })
+            .map(|e| {
+                let mut e = e.clone();
+                if !self.prev_kv {
+                    e.prev_kv = None;
+                }
+                e
+            })
+            .collect()
+    }
+}
+
+/// etcd's range rules: empty end = one key; "\0" = from key on; else [key, end).
+pub fn key_in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    if end.is_empty() {
+        key == start
+    } else if end == b"\0" {
+        key >= start
+    } else {
+        key >= start && key < end
+    }
+}
+
+struct Stream {
+    out: flume::Sender<WatchOut>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_watch_id: i64,
+}
+
+#[derive(Default)]
+pub struct WatchHub {
+    streams: HashMap<u64, Stream>,
+}
+
+enum Delivery {
+    Sent,
+    Full,
+    Gone,
+}
+
+fn deliver(out: &flume::Sender<WatchOut>, msg: WatchOut) -> Delivery {
+    match out.try_send(msg) {
+        Ok(()) => Delivery::Sent,
+        Err(flume::TrySendError::Full(_)) => Delivery::Full,
+        Err(flume::TrySendError::Disconnected(_)) => Delivery::Gone,
+    }
+}
+
+impl WatchHub {
+    pub fn watcher_count(&self) -> usize {
+        self.streams.values().map(|s| s.watchers.len()).sum()
+    }
+
+    /// Handles one request from a stream. Catch-up reads shard history, hence async.
+    pub async fn handle(
+        &mut self,
+        msg: WatchMsg,
+        shards: &ShardSet,
+        current: i64,
+        compacted: i64,
+    ) -> anyhow::Result<()> {
+        match msg {
+            WatchMsg::Create { stream, req, out } => {
+                let s = self.streams.entry(stream).or_insert_with(|| Stream {
+                    out,
+                    watchers: BTreeMap::new(),
+                    next_watch_id: 0,
+                });
+                let watch_id = if req.watch_id == 0 {
+                    while s.watchers.contains_key(&s.next_watch_id) {
+                        s.next_watch_id += 1;
+                    }
+                    s.next_watch_id
+                } else {
+                    req.watch_id
+                };
+                if s.watchers.contains_key(&watch_id) {
+                    let _ = deliver(
+                        &s.out,
+                        WatchOut::CreateRefused {
+                            watch_id,
+                            revision: current,
+                            reason: "mvcc: duplicate watch ID provided on the WatchStream",
+                        },
+                    );
+                    return Ok(());
+                }
+                let start = if req.start_revision <= 0 {
+                    current + 1
+                } else {
+                    req.start_revision
+                };
+                s.watchers.insert(
+                    watch_id,
+                    Watcher {
+                        key: req.key,
+                        range_end: req.range_end,
+                        prev_kv: req.prev_kv,
+                        progress_notify: req.progress_notify,
+                        filter_put: req.filter_put,
+                        filter_delete: req.filter_delete,
+                        next_revision: start,
+                        synced: start > current,
+                    },
+                );
+                if let Delivery::Gone = deliver(
+                    &s.out,
+                    WatchOut::Created {
+                        watch_id,
+                        revision: current,
+                    },
+                ) {
+                    self.streams.remove(&stream);
+                    return Ok(());
+                }
+                self.catch_up(stream, watch_id, shards, current, compacted)
+                    .await?;
+            }
+            WatchMsg::Cancel { stream, watch_id } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    if s.watchers.remove(&watch_id).is_some() {
+                        let _ = deliver(
+                            &s.out,
+                            WatchOut::Canceled {
+                                watch_id,
+                                revision: current,
+                                compact_revision: 0,
+                            },
+                        );
+                    }
+                }
+            }
+            WatchMsg::RequestProgress { stream } => {
+                if let Some(s) = self.streams.get(&stream) {
+                    // etcd answers only when every watcher of the stream is up to date, so the
+                    // revision it reports is one the client has seen everything up to.
+                    if s.watchers.values().all(|w| w.synced) {
+                        let _ = deliver(
+                            &s.out,
+                            WatchOut::Progress {
+                                watch_id: -1,
+                                revision: current,
+                            },
+                        );
+                    }
+                }
+            }
+            WatchMsg::Close { stream } => {
+                self.streams.remove(&stream);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a watcher everything from its next revision to `current` out of shard history,
+    /// in bounded steps; it ends synced, or unsynced where its outbox filled.
+    async fn catch_up(
+        &mut self,
+        stream: u64,
+        watch_id: i64,
+        shards: &ShardSet,
+        current: i64,
+        compacted: i64,
+    ) -> anyhow::Result<()> {
+        loop {
+            let Some(s) = self.streams.get_mut(&stream) else {
+                return Ok(());
+            };
+            let Some(w) = s.watchers.get_mut(&watch_id) else {
+                return Ok(());
+            };
+            if w.next_revision > current {
+                w.synced = true;
+                return Ok(());
+            }
+            if w.next_revision < compacted {
+                let _ = deliver(
+                    &s.out,
+                    WatchOut::Canceled {
+                        watch_id,
+                        revision: current,
+                        compact_revision: compacted,
+                    },
+                );
+                s.watchers.remove(&watch_id);
+                return Ok(());
+            }
+            let from = w.next_revision;
+            let to = (from + CATCH_UP_REVISIONS_MAX - 1).min(current);
+            let (key, range_end) = (w.key.clone(), w.range_end.clone());
+            let events = history(shards, &key, &range_end, from, to).await?;
+            let s = self.streams.get_mut(&stream).expect("checked above");
+            let w = s.watchers.get_mut(&watch_id).expect("checked above");
+            let selected = w.select(&events);
+            if !selected.is_empty() {
+                match deliver(
+                    &s.out,
+                    WatchOut::Events {
+                        watch_id,
+                        revision: to,
+                        events: selected,
+                    },
+                ) {
+                    Delivery::Sent => {}
+                    Delivery::Full => {
+                        w.synced = false;
+                        return Ok(());
+                    }
+                    Delivery::Gone => {
+                        self.streams.remove(&stream);
+                        return Ok(());
+                    }
+                }
+            }
+            w.next_revision = to + 1;
+        }
+    }
+
+    /// Feeds the events of one applied revision to every synced watcher that wants them.
+    pub fn on_apply(&mut self, revision: i64, events: &[Event]) {
+        let mut gone = Vec::new();
+        for (id, s) in self.streams.iter_mut() {
+            for (watch_id, w) in s.watchers.iter_mut() {
+                if !w.synced {
+                    continue;
+                }
+                let selected = w.select(events);
+                if selected.is_empty() {
+                    w.next_revision = revision + 1;
+                    continue;
+                }
+                match deliver(
+                    &s.out,
+                    WatchOut::Events {
+                        watch_id: *watch_id,
+                        revision,
+                        events: selected,
+                    },
+                ) {
+                    Delivery::Sent => w.next_revision = revision + 1,
+                    Delivery::Full => w.synced = false,
+                    Delivery::Gone => {
+                        gone.push(*id);
+                        break;
+                    }
+                }
+            }
+        }
+        for id in gone {
+            self.streams.remove(&id);
+        }
+    }
+
+    /// Periodic work: catch up watchers that fell behind, and send progress notifications to
+    /// synced watchers that asked for them (when `notify` is set).
+    pub async fn tick(
+        &mut self,
+        shards: &ShardSet,
+        current: i64,
+        compacted: i64,
+        notify: bool,
+    ) -> anyhow::Result<()> {
+        let behind: Vec<(u64, i64)> = self
+            .streams
+            .iter()
+            .flat_map(|(sid, s)| {
+                s.watchers
+                    .iter()
+                    .filter(|(_, w)| !w.synced)
+                    .map(move |(wid, _)| (*sid, *wid))
+            })
+            .collect();
+        for (sid, wid) in behind {
+            self.catch_up(sid, wid, shards, current, compacted).await?;
+        }
+        if notify {
+            for s in self.streams.values() {
+                for (watch_id, w) in &s.watchers {
+                    if w.synced && w.progress_notify {
+                        let _ = deliver(
+                            &s.out,
+                            WatchOut::Progress {
+                                watch_id: *watch_id,
+                                revision: current,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Events in [from, to] for a key range, from every shard it touches, in (revision,
+/// sub-revision) order.
+async fn history(
+    shards: &ShardSet,
+    key: &Bytes,
+    range_end: &Bytes,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<Vec<Event>> {
+    let mut all = Vec::new();
+    for shard in shards.shards_for(key, range_end) {
+        let (k, e) = (key.clone(), range_end.clone());
+        let part = shards
+            .call(shard, |reply| ShardMsg::History {
+                key: k,
+                range_end: e,
+                from,
+                to,
+                reply,
+            })
+            .await?;
+        match part {
+            Ok(evs) => all.extend(evs),
+            // Compaction raced the catch-up; the caller checked the compact revision first,
+            // so this cannot happen while the coordinator is the only writer.
+            Err(e) => anyhow::bail!("reading watch history [{from}, {to}]: {e}"),
+        }
+    }
+    all.sort_by_key(|e| (e.kv.mod_revision, e.sub_revision));
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_etcd_rules() {
+        assert!(key_in_range(b"a", b"a", b""));
+        assert!(!key_in_range(b"ab", b"a", b""));
+        assert!(key_in_range(b"zzz", b"a", b"\0"));
+        assert!(key_in_range(b"ab", b"a", b"b"));
+        assert!(!key_in_range(b"b", b"a", b"b"));
+    }
+}
