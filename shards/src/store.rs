@@ -204,6 +204,26 @@ pub(crate) struct Version {
     pub lease: i64,
 }
 
+/// One key with its history, as the map holds them.
+type KeyHistory<'a> = (&'a Box<[u8]>, &'a Box<[Entry]>);
+
+/// The keys of one range with their histories, in key order.
+enum KeyIter<'a> {
+    Single(Option<KeyHistory<'a>>),
+    Range(std::collections::btree_map::Range<'a, Box<[u8]>, Box<[Entry]>>),
+}
+
+impl<'a> Iterator for KeyIter<'a> {
+    type Item = KeyHistory<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            KeyIter::Single(item) => item.take(),
+            KeyIter::Range(range) => range.next(),
+        }
+    }
+}
+
 /// What a txn has changed so far, so that a failure half-way can put the store back.
 struct Undo {
     /// Each touched key with the number of entries it had before (`None`: it did not exist).
@@ -256,15 +276,15 @@ impl MvccStore {
         self.approximate_bytes
     }
 
-    fn range_iter<'a>(
-        &'a self,
-        key: &'a [u8],
-        range_end: &'a [u8],
-    ) -> impl Iterator<Item = (&'a Box<[u8]>, &'a Box<[Entry]>)> + 'a {
-        key_bounds(key, range_end)
-            .map(|bounds| self.keys.range::<[u8], _>(bounds))
-            .into_iter()
-            .flatten()
+    fn range_iter<'a>(&'a self, key: &'a [u8], range_end: &'a [u8]) -> KeyIter<'a> {
+        if range_end.is_empty() {
+            // One lookup instead of the two bound searches a B-tree range costs.
+            return KeyIter::Single(self.keys.get_key_value(key));
+        }
+        match key_bounds(key, range_end) {
+            Some(bounds) => KeyIter::Range(self.keys.range::<[u8], _>(bounds)),
+            None => KeyIter::Single(None),
+        }
     }
 
     /// Range as of `revision` (0 or less means the newest state). The caller has already
