@@ -16,7 +16,11 @@ const VALUE_BYTES: usize = 256;
 fn loaded_store(keys: u64) -> MvccStore {
     let mut store = MvccStore::new();
     for i in 0..keys {
-        let request = PutRequest { key: key(i), value: value(i, VALUE_BYTES), ..PutRequest::default() };
+        let request = PutRequest {
+            key: key(i),
+            value: value(i, VALUE_BYTES),
+            ..PutRequest::default()
+        };
         store.put(i as i64 + 2, 0, &request).unwrap();
     }
     store
@@ -31,7 +35,11 @@ fn put(c: &mut Criterion) {
         let mut next = 100_000u64;
         b.iter(|| {
             next += 1;
-            let request = PutRequest { key: key(next), value: payload.clone(), ..PutRequest::default() };
+            let request = PutRequest {
+                key: key(next),
+                value: payload.clone(),
+                ..PutRequest::default()
+            };
             black_box(store.put(next as i64 + 2, 0, &request).unwrap());
         });
     });
@@ -40,8 +48,11 @@ fn put(c: &mut Criterion) {
         let mut revision = 200_000i64;
         b.iter(|| {
             revision += 1;
-            let request =
-                PutRequest { key: key(revision as u64 % 100_000), value: payload.clone(), ..PutRequest::default() };
+            let request = PutRequest {
+                key: key(revision as u64 % 100_000),
+                value: payload.clone(),
+                ..PutRequest::default()
+            };
             black_box(store.put(revision, 0, &request).unwrap());
         });
     });
@@ -54,7 +65,10 @@ fn point_get(c: &mut Criterion) {
     c.bench_function("point_get_in_100k", |b| {
         b.iter(|| {
             i = (i + 7919) % 100_000;
-            let request = RangeRequest { key: key(i), ..RangeRequest::default() };
+            let request = RangeRequest {
+                key: key(i),
+                ..RangeRequest::default()
+            };
             black_box(store.range(&request, 0).unwrap());
         });
     });
@@ -68,7 +82,11 @@ fn range_100(c: &mut Criterion) {
         let mut start = 0u64;
         b.iter(|| {
             start = (start + 7919) % 99_000;
-            let request = RangeRequest { key: key(start), range_end: key(start + 100), ..RangeRequest::default() };
+            let request = RangeRequest {
+                key: key(start),
+                range_end: key(start + 100),
+                ..RangeRequest::default()
+            };
             let response = store.range(&request, 0).unwrap();
             assert_eq!(response.kvs.len(), 100);
             black_box(response);
@@ -84,7 +102,11 @@ fn compaction(c: &mut Criterion) {
     let build = || {
         let mut store = loaded_store(20_000);
         for i in 0..20_000u64 {
-            let request = PutRequest { key: key(i), value: value(i + 1, VALUE_BYTES), ..PutRequest::default() };
+            let request = PutRequest {
+                key: key(i),
+                value: value(i + 1, VALUE_BYTES),
+                ..PutRequest::default()
+            };
             store.put(20_002 + i as i64, 0, &request).unwrap();
         }
         store
@@ -127,8 +149,11 @@ fn segment_append(c: &mut Criterion) {
         b.iter(|| {
             raft_index += 1;
             let revision = raft_index as i64 + 1;
-            let request =
-                PutRequest { key: key(raft_index % 100_000), value: payload.clone(), ..PutRequest::default() };
+            let request = PutRequest {
+                key: key(raft_index % 100_000),
+                value: payload.clone(),
+                ..PutRequest::default()
+            };
             let (_, event) = store.put(revision, 0, &request).unwrap();
             log.append(raft_index, revision, &[event]).unwrap();
             if raft_index % 10_000 == 0 {
@@ -143,12 +168,18 @@ fn segment_append(c: &mut Criterion) {
 }
 
 fn recovery(c: &mut Criterion) {
-    let keys: u64 =
-        std::env::var("RUSD_BENCH_RECOVERY_KEYS").ok().and_then(|text| text.parse().ok()).unwrap_or(10_000);
+    let keys: u64 = std::env::var("RUSD_BENCH_RECOVERY_KEYS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(10_000);
     let (mut log, mut store, _) = SegmentLog::open(MemStorage::new(), 64 << 20).unwrap();
     for i in 0..keys {
         let revision = i as i64 + 2;
-        let request = PutRequest { key: key(i), value: value(i, VALUE_BYTES), ..PutRequest::default() };
+        let request = PutRequest {
+            key: key(i),
+            value: value(i, VALUE_BYTES),
+            ..PutRequest::default()
+        };
         let (_, event) = store.put(revision, 0, &request).unwrap();
         log.append(i + 1, revision, &[event]).unwrap();
     }
@@ -171,6 +202,13 @@ fn recovery(c: &mut Criterion) {
     group.finish();
 }
 
-
-criterion_group!(benches, put, point_get, range_100, compaction, segment_append, recovery);
+criterion_group!(
+    benches,
+    put,
+    point_get,
+    range_100,
+    compaction,
+    segment_append,
+    recovery
+);
 criterion_main!(benches);

@@ -205,6 +205,19 @@ fn aligned(payload: &[u8]) -> AlignedVec {
     copy
 }
 
+/// The size of a Header frame; its payload has a fixed size.
+fn header_frame_bytes() -> u64 {
+    static BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let payload = encode(&HeaderRecord {
+            format_version: FORMAT_VERSION,
+            sequence: 0,
+            generation: 0,
+        });
+        (FRAME_HEADER_BYTES + payload.len()) as u64
+    })
+}
+
 fn segment_name(sequence: u64, generation: u32) -> String {
     format!("segment-{sequence:010}-{generation:03}.log")
 }
@@ -473,14 +486,9 @@ impl<S: Storage> SegmentLog<S> {
             .segments
             .last()
             .expect("an open log has an active segment");
-        let header_bytes = (FRAME_HEADER_BYTES
-            + encode(&HeaderRecord {
-                format_version: 0,
-                sequence: 0,
-                generation: 0,
-            })
-            .len()) as u64;
-        if active.len > header_bytes && active.len + bytes.len() as u64 > self.segment_bytes_max {
+        if active.len > header_frame_bytes()
+            && active.len + bytes.len() as u64 > self.segment_bytes_max
+        {
             // The finished segment is synced now so that a crash can tear only the last
             // segment's tail: corruption anywhere else is then always an error.
             let name = active.name.clone();
