@@ -201,8 +201,9 @@ def main():
         if t["status"] == "fail":
             row["failure"] = failure_excerpt(t["output"])
         if t["status"] == "skip":
-            skip_lines = [l.strip() for l in t["output"] if "SKIP" in l or "skip" in l.lower()]
-            row["skip_reason"] = [s[:300] for s in skip_lines[-3:]]
+            lines = [l.strip() for l in t["output"]
+                     if l.strip() and not l.lstrip().startswith(("=== ", "--- "))]
+            row["skip_reason"] = [s[:300] for s in lines[-2:]]
         report["tests"].append(row)
     pkg_tail = [l.rstrip("\n") for l in pkg_output if l.strip()][-30:]
     if non_json:

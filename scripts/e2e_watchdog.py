@@ -7,8 +7,8 @@ its output) stalls the whole `go test` run until -timeout, and every later test 
 
 This watchdog follows the `go test -json` stream while it is written. When no test or subtest
 has started or finished for --limit seconds while one is running, it SIGKILLs the server
-processes that this run started (processes whose /proc/PID/exe is --server-exe and whose pid was not in
---before-pids). The framework then sees the pty close, the test fails, and the run goes on.
+processes that this run started (processes whose /proc/PID/exe is --server-exe, whose argv[0] is --arg0, and whose
+pid was not in --before-pids). The framework then sees the pty close, the test fails, and the run goes on.
 It exits when the process --pid (the go test command) is gone.
 """
 import argparse
@@ -19,13 +19,17 @@ import sys
 import time
 
 
-def server_pids(exe):
+def server_pids(exe, arg0):
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
-            if os.readlink("/proc/%s/exe" % d) == exe:
+            if os.readlink("/proc/%s/exe" % d) != exe:
+                continue
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                first = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+            if first == arg0:
                 out.append(int(d))
         except OSError:
             pass
@@ -52,6 +56,7 @@ def main():
     ap.add_argument("--jsonl", required=True)
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--server-exe", required=True)
+    ap.add_argument("--arg0", required=True, help="argv[0] the run starts the server with")
     ap.add_argument("--before-pids", default="")
     ap.add_argument("--limit", type=float, required=True)
     ap.add_argument("--log", required=True, help="file to append watchdog actions to")
@@ -93,7 +98,7 @@ def main():
                 running.discard(name)
                 last_progress = now
         if running and now - last_progress > a.limit:
-            pids = [p for p in server_pids(a.server_exe) if p not in before]
+            pids = [p for p in server_pids(a.server_exe, a.arg0) if p not in before]
             leaf = max(running, key=lambda n: n.count("/"))
             msg = ("%s watchdog: no test started or finished for %.0fs (> %.0fs) while %s runs:"
                    " SIGKILL server pids %s\n"

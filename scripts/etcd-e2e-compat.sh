@@ -29,7 +29,9 @@
 # Exit: 0 when go test passed (or, with --expected, when every listed test passed);
 #       1 on test failures; 2 on usage/setup errors.
 set -euo pipefail
-
+# The whole body is one brace group: bash parses it completely before running it, so editing
+# this file while a (long) run is going on cannot break that run.
+{
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 ETCD_VERSION="${ETCD_VERSION:-v3.5.17}"
@@ -151,17 +153,44 @@ if [[ "$run_re" != ^* ]]; then run_re="^($run_re)\$"; fi
 [ -z "$timeout" ] && timeout="${minutes}m"
 
 # ---------------------------------------------------------------- wrapper module for the suite
+# The suite runs with its package dir as working dir and relies on the etcd repo layout:
+# fixtures in ../fixtures, TestEtcdExampleConfig reads ../../etcd.conf.yml.sample, and some
+# tests start etcd without --data-dir, which writes ./default.etcd. In the (read-only, but
+# writable for root) module cache that fails or pollutes the cache. So the suite runs from a
+# writable copy laid out like the repo:  $SRC/tests (module copy), $SRC/etcd.conf.yml.sample,
+# used through a `replace` in the wrapper go.mod.
+SRC="$BASE/src"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+if [ "$(cat "$SRC/.stamp" 2>/dev/null || true)" != "$ETCD_VERSION" ]; then
+  echo "etcd-e2e-compat: preparing a writable copy of go.etcd.io/etcd/tests/v3@$ETCD_VERSION in $SRC ..." >&2
+  dl="$(cd / && GOFLAGS= go mod download -json "go.etcd.io/etcd/tests/v3@$ETCD_VERSION" "go.etcd.io/etcd/v3@$ETCD_VERSION")" \
+    || die "go mod download of the etcd test module failed"
+  tests_dir="$(printf '%s\n' "$dl" | sed -n 's/^[[:space:]]*"Dir": "\(.*\/tests\/v3@.*\)",$/\1/p' | head -1)"
+  root_dir="$(printf '%s\n' "$dl" | sed -n 's/^[[:space:]]*"Dir": "\(.*\/etcd\/v3@.*\)",$/\1/p' | head -1)"
+  [ -d "$tests_dir" ] && [ -f "$root_dir/etcd.conf.yml.sample" ] || die "cannot locate the downloaded modules ($tests_dir, $root_dir)"
+  rm -rf "$SRC"; mkdir -p "$SRC"
+  cp -r "$tests_dir" "$SRC/tests"
+  chmod -R u+w "$SRC"
+  rm -rf "$SRC/tests/e2e/"*.etcd       # in case a run polluted the module cache
+  cp "$root_dir/etcd.conf.yml.sample" "$SRC/etcd.conf.yml.sample"
+  echo "$ETCD_VERSION" > "$SRC/.stamp"
+fi
 mkdir -p "$E2E_MOD"
-if ! [ -f "$E2E_MOD/go.mod" ] || ! grep -q "go.etcd.io/etcd/tests/v3 $ETCD_VERSION" "$E2E_MOD/go.mod"; then
+if ! [ -f "$E2E_MOD/go.mod" ] || ! grep -q "^replace go.etcd.io/etcd/tests/v3 => ../src/tests" "$E2E_MOD/go.mod" \
+   || ! grep -q "go.etcd.io/etcd/tests/v3 $ETCD_VERSION" "$E2E_MOD/go.mod"; then
   cat > "$E2E_MOD/go.mod" <<EOF
 module rusd.local/etcd-e2e
 
 go 1.22
 
 require go.etcd.io/etcd/tests/v3 $ETCD_VERSION
+
+replace go.etcd.io/etcd/tests/v3 => ../src/tests
 EOF
   rm -f "$E2E_MOD/go.sum" "$E2E_MOD/tests.list"
 fi
+# files that tests leave in their working dir (the package dir), e.g. default.etcd
+clean_pkg_dir() { rm -rf "$SRC/tests/e2e/"*.etcd 2>/dev/null || true; }
 # keeps the requirement in place if someone runs `go mod tidy` there
 cat > "$E2E_MOD/tools.go" <<'EOF'
 //go:build tools
@@ -171,7 +200,6 @@ package tools
 import _ "go.etcd.io/etcd/tests/v3/e2e"
 EOF
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 # The list of every top-level test of the suite (cached; used for counts and "not run").
 TEST_LIST="$E2E_MOD/tests.list"
@@ -245,11 +273,15 @@ if ! flock -n 9; then
 fi
 
 server_real="$(readlink -f "$server")"
+# Server processes of this run: the binary is $server_real AND it was started as
+# $bin_dir/etcd (argv[0]), so processes of other people's runs are never touched.
 pids_of_server() {
-  local p exe
+  local p exe arg0
   for p in /proc/[0-9]*; do
     exe="$(readlink "$p/exe" 2>/dev/null || true)"
-    [ "$exe" = "$server_real" ] && echo "${p#/proc/}"
+    [ "$exe" = "$server_real" ] || continue
+    arg0="$(tr '\0' '\n' < "$p/cmdline" 2>/dev/null | head -n 1 || true)"
+    case "$arg0" in "$bin_dir/etcd"|"$bin_dir/etcd-last-release") echo "${p#/proc/}" ;; esac
   done
   return 0
 }
@@ -261,6 +293,7 @@ started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "etcd-e2e-compat: target=$target ($server_src)"
 echo "etcd-e2e-compat: $n_selected tests selected, timeout $timeout"
 echo "etcd-e2e-compat: $cmd_str"
+clean_pkg_dir
 t0=$(date +%s)
 : > "$stem.watchdog"
 ( cd "$E2E_MOD" && exec "${cmd[@]}" ) > "$jsonl" 2> "$stem.stderr" &
@@ -270,7 +303,7 @@ wd_pid=""
 if [ "$stall_limit" != 0 ]; then
   printf '%s\n' $before_pids > "$stem.before-pids"
   python3 "$SCRIPT_DIR/e2e_watchdog.py" --jsonl "$jsonl" --pid "$go_pid" \
-    --server-exe "$server_real" --before-pids "$stem.before-pids" --limit "$stall_limit" \
+    --server-exe "$server_real" --arg0 "$bin_dir/etcd" --before-pids "$stem.before-pids" --limit "$stall_limit" \
     --log "$stem.watchdog" &
   wd_pid=$!
 fi
@@ -281,14 +314,17 @@ go_rc=$?
 trap - INT TERM
 set -e
 t1=$(date +%s)
+clean_pkg_dir
 
 # Stray server processes left behind by this run (e.g. after a go test timeout): stop them,
 # one by one, by pid, so that the next run finds its ports free.
 after_pids="$(pids_of_server | sort)"
 stray="$(comm -13 <(printf '%s\n' "$before_pids") <(printf '%s\n' "$after_pids") | grep . || true)"
 if [ -n "$stray" ]; then
-  echo "etcd-e2e-compat: killing server processes left by this run: $(echo $stray)" >&2
-  for p in $stray; do kill -9 "$p" 2>/dev/null || true; done
+  for p in $stray; do
+    echo "etcd-e2e-compat: killing a server process left by this run: $p $(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null | cut -c1-300)" >&2
+    kill -9 "$p" 2>/dev/null || true
+  done
 fi
 
 # Raw log: the plain test output (from the JSON stream) followed by go's stderr.
@@ -340,3 +376,4 @@ fi
 [ "$rep_rc" = 0 ] || exit 2
 [ "$go_rc" = 0 ] || exit 1
 exit 0
+}
