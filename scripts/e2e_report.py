@@ -70,20 +70,22 @@ def parse_jsonl(path):
     return tests, order, pkg_result, pkg_output, non_json
 
 
-def failure_excerpt(lines, limit=25):
-    """The most telling lines of a failed test's output: error lines first, else the tail."""
-    keep = []
+def failure_excerpt(lines, limit=30):
+    """The most telling lines of a failed test's output: error lines plus the 3 lines after
+    each (the framework prints the server's last lines after "match not found"), else the
+    tail."""
     pat = re.compile(r"(Error|error|FAIL|panic|timed out|unexpected|expected|Fatal|fatal|"
                      r"not found|unknown flag|EOF|exit status|signal)")
-    for ln in lines:
-        s = ln.rstrip("\n")
+    lines = [ln.rstrip("\n") for ln in lines]
+    keep_idx = []
+    for i, s in enumerate(lines):
         if pat.search(s) and not s.lstrip().startswith("=== "):
-            keep.append(s)
-    if not keep:
-        keep = [ln.rstrip("\n") for ln in lines[-limit:]]
+            for j in range(i, min(i + 4, len(lines))):
+                if not keep_idx or keep_idx[-1] < j:
+                    keep_idx.append(j)
+    keep = [lines[i] for i in keep_idx] or lines[-limit:]
     if len(keep) > limit:
         keep = keep[:limit // 2] + ["..."] + keep[-limit // 2:]
-    # keep the report readable
     return [k[:400] for k in keep]
 
 
