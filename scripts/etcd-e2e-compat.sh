@@ -23,7 +23,8 @@
 #                     or finished for S seconds (default 120; 0 = off). The framework waits for
 #                     "ready to serve client requests" without any timeout, so a server that
 #                     never gets ready would otherwise stall the run until --timeout.
-#   --lock-wait S     wait at most S seconds for another e2e run to finish (default 7200)
+#   --lock-wait S     wait at most S seconds for another e2e run to finish (default 7200;
+#                     lock file ${E2E_LOCK:-$RUSD_CACHE/e2e.lock})
 #   --list            print the selected test names (go test -list) and exit
 #   -h, --help
 # Exit: 0 when go test passed (or, with --expected, when every listed test passed);
@@ -66,7 +67,7 @@ lock_wait=7200
 list_only=0
 
 die() { echo "etcd-e2e-compat: $*" >&2; exit 2; }
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -264,7 +265,9 @@ stem="$out_dir/$target-$label"
 jsonl="$stem.jsonl"; log="$stem.log"; report="$stem.json"
 
 # ---------------------------------------------------------------- run (one run at a time)
-lock="$CACHE_ROOT/e2e.lock"
+# E2E_LOCK: another lock file, for runs isolated in their own network namespace
+# (e.g. `ip netns exec NS env E2E_LOCK=/tmp/NS.lock scripts/etcd-e2e-compat.sh ...`).
+lock="${E2E_LOCK:-$CACHE_ROOT/e2e.lock}"
 exec 9>"$lock"
 if ! flock -n 9; then
   # the suite binds fixed ports 20000+: runs must not overlap. Wait (at most --lock-wait).
