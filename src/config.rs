@@ -602,7 +602,11 @@ const NE_TUNE: Option<&str> = Some("storage/raft tuning knob; rusd uses its own 
 const NE_CLUSTER: Option<&str> = Some("clustering beyond one voter arrives later");
 const NE_V2: Option<&str> = Some("v2 API not served");
 const NE_PROXY: Option<&str> = Some("v2 proxy mode not implemented");
-const NE_TLS: Option<&str> = Some("TLS arrives with issue #5");
+const NE_TLS_AS_CLIENT: Option<&str> =
+    Some("rusd makes no client connections (no loopback gateway); the pair is checked at start");
+const NE_PEER_TLS: Option<&str> = Some(
+    "no peer listener yet (single node); checked at start and built into the peer TLS configuration (net::tls::peer_server_config/peer_client_config)",
+);
 const NE_DISC: Option<&str> = Some("discovery (v2 discovery service, DNS SRV) not implemented");
 const NE_TRACE: Option<&str> = Some("OpenTelemetry tracing not implemented");
 const NE_EXP: Option<&str> = Some("experimental etcd feature not implemented yet");
@@ -667,30 +671,30 @@ pub static FLAGS: &[FlagSpec] = &[
     f("proxy-write-timeout", Uint, "5000", G_PROXY, "Write timeout in milliseconds.", NE_PROXY),
     f("proxy-read-timeout", Uint, "0", G_PROXY, "Read timeout in milliseconds.", NE_PROXY),
     // security
-    f("cert-file", Str, "", G_SEC, "Client server TLS certificate.", NE_TLS),
-    f("key-file", Str, "", G_SEC, "Client server TLS key.", NE_TLS),
-    f("client-cert-file", Str, "", G_SEC, "Certificate used as a client (default: cert-file).", NE_TLS),
-    f("client-key-file", Str, "", G_SEC, "Key used as a client (default: key-file).", NE_TLS),
-    f("client-cert-auth", Bool, "false", G_SEC, "Require client certificates.", NE_TLS),
-    f("client-crl-file", Str, "", G_SEC, "Client certificate revocation list.", NE_TLS),
-    f("client-cert-allowed-hostname", Strings, "", G_SEC, "Allowed SAN hostnames of client certificates.", NE_TLS),
-    f("trusted-ca-file", Str, "", G_SEC, "CA bundle for client certificates.", NE_TLS),
-    f("auto-tls", Bool, "false", G_SEC, "Client TLS with a generated self-signed certificate.", NE_TLS),
-    f("peer-cert-file", Str, "", G_SEC, "Peer TLS certificate.", NE_TLS),
-    f("peer-key-file", Str, "", G_SEC, "Peer TLS key.", NE_TLS),
-    f("peer-client-cert-file", Str, "", G_SEC, "Certificate used as a peer client.", NE_TLS),
-    f("peer-client-key-file", Str, "", G_SEC, "Key used as a peer client.", NE_TLS),
-    f("peer-client-cert-auth", Bool, "false", G_SEC, "Require peer client certificates.", NE_TLS),
-    f("peer-trusted-ca-file", Str, "", G_SEC, "CA bundle for peer certificates.", NE_TLS),
-    f("peer-auto-tls", Bool, "false", G_SEC, "Peer TLS with a generated self-signed certificate.", NE_TLS),
-    f("self-signed-cert-validity", Uint, "1", G_SEC, "Validity in years of generated certificates.", NE_TLS),
-    f("peer-crl-file", Str, "", G_SEC, "Peer certificate revocation list.", NE_TLS),
-    f("peer-cert-allowed-cn", Strings, "", G_SEC, "Allowed CNs of peer certificates.", NE_TLS),
-    f("peer-cert-allowed-hostname", Strings, "", G_SEC, "Allowed SAN hostnames of peer certificates.", NE_TLS),
-    f("cipher-suites", Strings, "", G_SEC, "Allowed TLS cipher suites.", NE_TLS),
-    f("experimental-peer-skip-client-san-verification", Bool, "false", G_SEC, "Skip SAN checks of peer client certificates.", NE_TLS),
-    f("tls-min-version", Str, "TLS1.2", G_SEC, "Minimum TLS version: TLS1.2 or TLS1.3.", NE_TLS),
-    f("tls-max-version", Str, "", G_SEC, "Maximum TLS version: TLS1.2 or TLS1.3 (empty = library default).", NE_TLS),
+    f("cert-file", Str, "", G_SEC, "Client server TLS certificate.", None),
+    f("key-file", Str, "", G_SEC, "Client server TLS key.", None),
+    f("client-cert-file", Str, "", G_SEC, "Certificate used as a client (default: cert-file).", NE_TLS_AS_CLIENT),
+    f("client-key-file", Str, "", G_SEC, "Key used as a client (default: key-file).", NE_TLS_AS_CLIENT),
+    f("client-cert-auth", Bool, "false", G_SEC, "Require client certificates.", None),
+    f("client-crl-file", Str, "", G_SEC, "Client certificate revocation list.", None),
+    f("client-cert-allowed-hostname", Strings, "", G_SEC, "Allowed SAN hostnames of client certificates.", None),
+    f("trusted-ca-file", Str, "", G_SEC, "CA bundle for client certificates.", None),
+    f("auto-tls", Bool, "false", G_SEC, "Client TLS with a generated self-signed certificate.", None),
+    f("peer-cert-file", Str, "", G_SEC, "Peer TLS certificate.", NE_PEER_TLS),
+    f("peer-key-file", Str, "", G_SEC, "Peer TLS key.", NE_PEER_TLS),
+    f("peer-client-cert-file", Str, "", G_SEC, "Certificate used as a peer client.", NE_PEER_TLS),
+    f("peer-client-key-file", Str, "", G_SEC, "Key used as a peer client.", NE_PEER_TLS),
+    f("peer-client-cert-auth", Bool, "false", G_SEC, "Require peer client certificates.", NE_PEER_TLS),
+    f("peer-trusted-ca-file", Str, "", G_SEC, "CA bundle for peer certificates.", NE_PEER_TLS),
+    f("peer-auto-tls", Bool, "false", G_SEC, "Peer TLS with a generated self-signed certificate.", NE_PEER_TLS),
+    f("self-signed-cert-validity", Uint, "1", G_SEC, "Validity in years of generated certificates.", None),
+    f("peer-crl-file", Str, "", G_SEC, "Peer certificate revocation list.", NE_PEER_TLS),
+    f("peer-cert-allowed-cn", Strings, "", G_SEC, "Allowed CNs of peer certificates.", NE_PEER_TLS),
+    f("peer-cert-allowed-hostname", Strings, "", G_SEC, "Allowed SAN hostnames of peer certificates.", NE_PEER_TLS),
+    f("cipher-suites", Strings, "", G_SEC, "Allowed TLS cipher suites.", None),
+    f("experimental-peer-skip-client-san-verification", Bool, "false", G_SEC, "Skip SAN checks of peer client certificates.", NE_PEER_TLS),
+    f("tls-min-version", Str, "TLS1.2", G_SEC, "Minimum TLS version: TLS1.2 or TLS1.3.", None),
+    f("tls-max-version", Str, "", G_SEC, "Maximum TLS version: TLS1.2 or TLS1.3 (empty = library default).", None),
     f("cors", Cors, "*", G_SEC, "Allowed CORS origins (* = all).", NE_LATER),
     f("host-whitelist", UniqueStrings, "*", G_SEC, "Accepted Host headers on insecure HTTP (* = all).", NE_LATER),
     // auth
@@ -700,7 +704,7 @@ pub static FLAGS: &[FlagSpec] = &[
     // profiling / monitoring
     f("enable-pprof", Bool, "false", G_PROF, "Serve profiling data under /debug/pprof/.", NE_LATER),
     f("metrics", Str, "basic", G_PROF, "Metrics detail: basic or extensive.", NE_LATER),
-    f("listen-metrics-urls", Urls, "", G_PROF, "Extra URLs serving /metrics and /health.", NE_LATER),
+    f("listen-metrics-urls", Urls, "", G_PROF, "Extra URLs serving /metrics and /health.", None),
     // logging
     f("logger", Str, "zap", G_LOG, "Logger: only zap.", None),
     f("log-outputs", UniqueStrings, "default", G_LOG, "Log targets: default, stderr, stdout or file paths.", None),
@@ -756,7 +760,7 @@ pub static FLAGS: &[FlagSpec] = &[
     f("test.coverprofile", Ignored, "", G_IGN, "Obsolete; ignored.", NE_IGN),
     f("test.outputdir", Ignored, "", G_IGN, "Obsolete; ignored.", NE_IGN),
     // config-file only (client-transport-security: allowed-cn)
-    f("client-cert-allowed-cn", Strings, "", G_FILE, "Allowed CNs of client certificates (config file only).", NE_TLS),
+    f("client-cert-allowed-cn", Strings, "", G_FILE, "Allowed CNs of client certificates (config file only).", None),
 ];
 
 /// Looks up a command-line flag by name.
