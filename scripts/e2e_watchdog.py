@@ -8,7 +8,8 @@ its output) stalls the whole `go test` run until -timeout, and every later test 
 This watchdog follows the `go test -json` stream while it is written. When no test or subtest
 has started or finished for --limit seconds while one is running, it SIGKILLs the server
 processes that this run started (processes whose /proc/PID/exe is --server-exe, whose argv[0] is --arg0, and whose
-pid was not in --before-pids). The framework then sees the pty close, the test fails, and the run goes on.
+pid was not in --before-pids), and the run's etcdctl/etcdutl processes (--tool), since a client
+that hangs blocks the framework too (it reads their output without a timeout). The framework then sees the pty close, the test fails, and the run goes on.
 It exits when the process --pid (the go test command) is gone.
 """
 import argparse
@@ -19,17 +20,18 @@ import sys
 import time
 
 
-def server_pids(exe, arg0):
+def run_pids(exes, arg0s):
+    """pids whose /proc/PID/exe is in exes and whose argv[0] is in arg0s."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
-            if os.readlink("/proc/%s/exe" % d) != exe:
+            if os.readlink("/proc/%s/exe" % d) not in exes:
                 continue
             with open("/proc/%s/cmdline" % d, "rb") as f:
                 first = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
-            if first == arg0:
+            if first in arg0s:
                 out.append(int(d))
         except OSError:
             pass
@@ -57,6 +59,8 @@ def main():
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--server-exe", required=True)
     ap.add_argument("--arg0", required=True, help="argv[0] the run starts the server with")
+    ap.add_argument("--tool", action="append", default=[], metavar="EXE=ARG0",
+                    help="client tool of this run (etcdctl, etcdutl): its binary and argv[0]")
     ap.add_argument("--before-pids", default="")
     ap.add_argument("--limit", type=float, required=True)
     ap.add_argument("--log", required=True, help="file to append watchdog actions to")
@@ -98,10 +102,15 @@ def main():
                 running.discard(name)
                 last_progress = now
         if running and now - last_progress > a.limit:
-            pids = [p for p in server_pids(a.server_exe, a.arg0) if p not in before]
+            pids = [p for p in run_pids({a.server_exe}, {a.arg0}) if p not in before]
+            # a hung client (e.g. etcdctl waiting on a server that never answers) blocks the
+            # framework just as well: kill this run's etcdctl/etcdutl too
+            tools = [t.split("=", 1) for t in a.tool if "=" in t]
+            pids += [p for p in run_pids({e for e, _ in tools}, {g for _, g in tools})
+                     if p not in before]
             leaf = max(running, key=lambda n: n.count("/"))
             msg = ("%s watchdog: no test started or finished for %.0fs (> %.0fs) while %s runs:"
-                   " SIGKILL server pids %s\n"
+                   " SIGKILL pids %s (server, etcdctl, etcdutl of this run)\n"
                    % (time.strftime("%H:%M:%S"), now - last_progress, a.limit, leaf, pids))
             with open(a.log, "a") as lf:
                 lf.write(msg)

@@ -19,8 +19,8 @@
 #   --no-build        with the default binary: do not run cargo, use what is there
 #   --out DIR         output dir (default <repo>/.e2e-out)
 #   --timeout DUR     go test -timeout (default: per tier, summed; see TIER_TIMEOUT below)
-#   --stall-limit S   kill this run's server processes when no test or subtest has started
-#                     or finished for S seconds (default 120; 0 = off). The framework waits for
+#   --stall-limit S   kill this run's server, etcdctl and etcdutl processes when no test or
+#                     subtest has started or finished for S seconds (default 120; 0 = off). The framework waits for
 #                     "ready to serve client requests" without any timeout, so a server that
 #                     never gets ready would otherwise stall the run until --timeout.
 #   --lock-wait S     wait at most S seconds for another e2e run to finish (default 7200;
@@ -306,7 +306,9 @@ wd_pid=""
 if [ "$stall_limit" != 0 ]; then
   printf '%s\n' $before_pids > "$stem.before-pids"
   python3 "$SCRIPT_DIR/e2e_watchdog.py" --jsonl "$jsonl" --pid "$go_pid" \
-    --server-exe "$server_real" --arg0 "$bin_dir/etcd" --before-pids "$stem.before-pids" --limit "$stall_limit" \
+    --server-exe "$server_real" --arg0 "$bin_dir/etcd" \
+    --tool "$(readlink -f "$REF_BIN/etcdctl")=$bin_dir/etcdctl" \
+    --tool "$(readlink -f "$REF_BIN/etcdutl")=$bin_dir/etcdutl" --before-pids "$stem.before-pids" --limit "$stall_limit" \
     --log "$stem.watchdog" &
   wd_pid=$!
 fi
