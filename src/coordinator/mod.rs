@@ -33,6 +33,8 @@ pub const COORDINATOR_INBOX_MAX: usize = 16 * 1024;
 /// Messages taken from the inbox per loop turn: bounds the size of one Ready (and so of one
 /// WAL write) while still letting a burst share one fdatasync.
 const INBOX_BATCH_MAX: usize = 4096;
+/// Applied entries kept in raft's in-memory log (for peers that lag, once there are peers).
+const RAFT_LOG_RETAINED_ENTRIES: u64 = 5000;
 /// etcd refuses new proposals while this many committed entries are not yet applied.
 pub const UNAPPLIED_ENTRIES_MAX: u64 = 5000;
 
@@ -496,10 +498,24 @@ impl Coordinator {
         let committed = light.take_committed_entries();
         self.apply_entries(committed).await?;
         self.node.advance_apply();
+        self.trim_raft_log()?;
         self.published
             .committed_index
             .store(self.node.raft.raft_log.committed, Ordering::Release);
         self.release_reads();
+        Ok(())
+    }
+
+    /// Drops applied entries from raft's in-memory log, keeping a tail. The WAL file still has
+    /// them (restart replays it); memory must not grow with the history.
+    fn trim_raft_log(&mut self) -> anyhow::Result<()> {
+        let store = self.node.mut_store();
+        let first = raft::Storage::first_index(store)?;
+        if self.applied_index > first + RAFT_LOG_RETAINED_ENTRIES * 2 {
+            store
+                .wl()
+                .compact(self.applied_index - RAFT_LOG_RETAINED_ENTRIES)?;
+        }
         Ok(())
     }
 

@@ -295,7 +295,22 @@ impl WatchHub {
             let from = w.next_revision;
             let to = (from + CATCH_UP_REVISIONS_MAX - 1).min(current);
             let (key, range_end) = (w.key.clone(), w.range_end.clone());
-            let events = history(shards, &key, &range_end, from, to).await?;
+            let Some(events) = history(shards, &key, &range_end, from, to).await? else {
+                // Shard history starts after the compact revision, so a watch starting exactly
+                // at it is answered as compacted too (etcd would still serve it).
+                let _ = deliver(
+                    &s_out(self, stream),
+                    WatchOut::Canceled {
+                        watch_id,
+                        revision: current,
+                        compact_revision: compacted,
+                    },
+                );
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.watchers.remove(&watch_id);
+                }
+                return Ok(());
+            };
             let s = self.streams.get_mut(&stream).expect("checked above");
             let w = s.watchers.get_mut(&watch_id).expect("checked above");
             let selected = w.select(&events);
@@ -399,15 +414,19 @@ impl WatchHub {
     }
 }
 
+fn s_out(hub: &WatchHub, stream: u64) -> flume::Sender<WatchOut> {
+    hub.streams[&stream].out.clone()
+}
+
 /// Events in [from, to] for a key range, from every shard it touches, in (revision,
-/// sub-revision) order.
+/// sub-revision) order; `None` when part of that history is compacted away.
 async fn history(
     shards: &ShardSet,
     key: &Bytes,
     range_end: &Bytes,
     from: i64,
     to: i64,
-) -> anyhow::Result<Vec<Event>> {
+) -> anyhow::Result<Option<Vec<Event>>> {
     let mut all = Vec::new();
     for shard in shards.shards_for(key, range_end) {
         let (k, e) = (key.clone(), range_end.clone());
@@ -422,13 +441,12 @@ async fn history(
             .await?;
         match part {
             Ok(evs) => all.extend(evs),
-            // Compaction raced the catch-up; the caller checked the compact revision first,
-            // so this cannot happen while the coordinator is the only writer.
+            Err(shards::MvccError::Compacted) => return Ok(None),
             Err(e) => anyhow::bail!("reading watch history [{from}, {to}]: {e}"),
         }
     }
     all.sort_by_key(|e| (e.kv.mod_revision, e.sub_revision));
-    Ok(all)
+    Ok(Some(all))
 }
 
 #[cfg(test)]
