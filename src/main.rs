@@ -163,6 +163,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2)
                 as usize,
             lease_ttl_min_secs: lease_ttl_min_secs(&cfg),
+            quota_bytes: cfg.effective_quota_backend_bytes(),
             watch_progress_interval: Duration::from_millis(
                 cfg.experimental_watch_progress_notify_interval_ms,
             ),

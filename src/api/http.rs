@@ -52,6 +52,8 @@ pub async fn handle<B>(ctx: Context, req: Request<B>) -> Response<Body> {
 async fn health(ctx: &Context) -> Response<Body> {
     let (ok, reason) = if ctx.published.leader() == 0 {
         (false, "RAFT NO LEADER")
+    } else if ctx.published.nospace.load(Acquire) {
+        (false, "ALARM NOSPACE")
     } else {
         match ctx.coordinator.read_index().await {
             Ok(()) => (true, ""),
@@ -102,7 +104,7 @@ fn metrics(ctx: &Context) -> String {
         is_leader = u8::from(p.leader() == ctx.member.member_id),
         rev = p.revision(),
         compact = p.compact_revision(),
-        db = p.wal_bytes.load(Acquire),
+        db = p.db_size.load(Acquire),
         committed = p.committed_index.load(Acquire),
         applied = p.applied_index.load(Acquire),
     )

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::status;
 use super::Context;
+use crate::coordinator::{AlarmKind, CoordMsg, WriteRequest, WriteResponse};
 use crate::error::EtcdError;
 use crate::runtime::shard::ShardMsg;
 
@@ -14,6 +15,34 @@ pub const CLUSTER_VERSION: &str = "3.5.0";
 
 pub struct MaintenanceService {
     pub ctx: Context,
+}
+
+fn alarm_type(a: AlarmKind) -> pb::AlarmType {
+    match a {
+        AlarmKind::NoSpace => pb::AlarmType::Nospace,
+        AlarmKind::Corrupt => pb::AlarmType::Corrupt,
+    }
+}
+
+impl MaintenanceService {
+    async fn alarm_list(&self) -> Result<Response<pb::AlarmResponse>, Status> {
+        let alarms = self
+            .ctx
+            .coordinator
+            .ask(|reply| CoordMsg::AlarmList { reply })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.ctx.header(self.ctx.published.revision())),
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, a)| pb::AlarmMember {
+                    member_id,
+                    alarm: alarm_type(a) as i32,
+                })
+                .collect(),
+        }))
+    }
 }
 
 fn unimplemented(what: &str) -> Status {
@@ -26,16 +55,42 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
         let r = request.into_inner();
-        // No alarm can be raised yet (no quota, no corruption check), so GET lists none and
-        // ACTIVATE/DEACTIVATE have nothing to change.
-        if r.action != pb::alarm_request::AlarmAction::Get as i32 {
-            return Err(unimplemented("raising or clearing alarms"));
+        let action = AlarmAction::try_from(r.action).unwrap_or(AlarmAction::Get);
+        if action != AlarmAction::Get {
+            let alarm = match pb::AlarmType::try_from(r.alarm) {
+                Ok(pb::AlarmType::Nospace) => AlarmKind::NoSpace,
+                Ok(pb::AlarmType::Corrupt) => AlarmKind::Corrupt,
+                // etcd answers an activate/deactivate of NONE with the current list.
+                _ => return self.alarm_list().await,
+            };
+            let out = self
+                .ctx
+                .coordinator
+                .propose(WriteRequest::Alarm {
+                    activate: action == AlarmAction::Activate,
+                    member_id: r.member_id,
+                    alarm,
+                })
+                .await
+                .map_err(status)?;
+            // etcd answers with the alarm this request raised or cleared, if any.
+            let changed = matches!(out.response, WriteResponse::Alarm { changed: true });
+            let alarms = if changed {
+                vec![pb::AlarmMember {
+                    member_id: r.member_id,
+                    alarm: alarm_type(alarm) as i32,
+                }]
+            } else {
+                Vec::new()
+            };
+            return Ok(Response::new(pb::AlarmResponse {
+                header: Some(self.ctx.header(out.revision)),
+                alarms,
+            }));
         }
-        Ok(Response::new(pb::AlarmResponse {
-            header: Some(self.ctx.header(self.ctx.published.revision())),
-            alarms: Vec::new(),
-        }))
+        self.alarm_list().await
     }
 
     async fn status(
@@ -44,8 +99,20 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let p = &self.ctx.published;
         use std::sync::atomic::Ordering::Acquire;
-        // Until shard segments exist, the WAL is the member's whole on-disk state.
-        let db_size = p.wal_bytes.load(Acquire) as i64;
+        // The shards' bytes, history included: the figure the quota is checked against.
+        let db_size = p.db_size.load(Acquire);
+        let alarms = self
+            .ctx
+            .coordinator
+            .ask(|reply| CoordMsg::AlarmList { reply })
+            .await
+            .map_err(status)?;
+        let errors = alarms
+            .into_iter()
+            .map(|(member_id, a)| {
+                format!("memberID:{member_id} alarm:{}", alarm_type(a).as_str_name())
+            })
+            .collect();
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.ctx.header(p.revision())),
             version: SERVER_VERSION.to_string(),
@@ -54,7 +121,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: p.committed_index.load(Acquire),
             raft_term: p.raft_term(),
             raft_applied_index: p.applied_index.load(Acquire),
-            errors: Vec::new(),
+            errors,
             db_size_in_use: db_size,
             is_learner: false,
         }))
@@ -64,7 +131,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(unimplemented("Defragment"))
+        // Nothing to do: compaction frees shard memory and rewrites segments incrementally,
+        // so there is never fragmentation to reclaim in one stop-the-world pass.
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.ctx.header(self.ctx.published.revision())),
+        }))
     }
 
     async fn hash(

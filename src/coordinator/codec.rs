@@ -17,9 +17,29 @@ pub enum WriteRequest {
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
-    Compact { revision: i64 },
-    LeaseGrant { id: i64, ttl_secs: i64 },
-    LeaseRevoke { id: i64 },
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl_secs: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Raise (`activate`) or clear an alarm of one member (etcd's AlarmRequest).
+    Alarm {
+        activate: bool,
+        member_id: u64,
+        alarm: AlarmKind,
+    },
+}
+
+/// etcd's alarm types (AlarmType in rpc.proto: NOSPACE = 1, CORRUPT = 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmKind {
+    NoSpace,
+    Corrupt,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +56,7 @@ const TAG_COMPACT: u8 = 4;
 const TAG_RANGE: u8 = 5;
 const TAG_LEASE_GRANT: u8 = 6;
 const TAG_LEASE_REVOKE: u8 = 7;
+const TAG_ALARM: u8 = 8;
 
 pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(64);
@@ -66,6 +87,19 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
             out.put_u8(TAG_LEASE_REVOKE);
             put_i64(&mut out, *id);
         }
+        WriteRequest::Alarm {
+            activate,
+            member_id,
+            alarm,
+        } => {
+            out.put_u8(TAG_ALARM);
+            out.put_u8(u8::from(*activate));
+            out.put_u64_le(*member_id);
+            out.put_u8(match alarm {
+                AlarmKind::NoSpace => 1,
+                AlarmKind::Corrupt => 2,
+            });
+        }
     }
     out.to_vec()
 }
@@ -90,6 +124,23 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
         TAG_LEASE_REVOKE => WriteRequest::LeaseRevoke {
             id: get_i64(&mut buf)?,
         },
+        TAG_ALARM => {
+            let activate = get_u8(&mut buf)? != 0;
+            if buf.remaining() < 8 {
+                return Err(DecodeError("truncated alarm"));
+            }
+            let member_id = buf.get_u64_le();
+            let alarm = match get_u8(&mut buf)? {
+                1 => AlarmKind::NoSpace,
+                2 => AlarmKind::Corrupt,
+                _ => return Err(DecodeError("bad alarm type")),
+            };
+            WriteRequest::Alarm {
+                activate,
+                member_id,
+                alarm,
+            }
+        }
         _ => return Err(DecodeError("unknown request tag")),
     };
     if buf.has_remaining() {
@@ -442,6 +493,11 @@ mod tests {
                 ttl_secs: 60,
             },
             WriteRequest::LeaseRevoke { id: -3 },
+            WriteRequest::Alarm {
+                activate: true,
+                member_id: u64::MAX,
+                alarm: AlarmKind::NoSpace,
+            },
         ] {
             let bytes = encode(99, &req);
             let (id, back) = decode(&bytes).unwrap();

@@ -26,7 +26,7 @@ use shards::{
 use crate::error::EtcdError;
 use crate::runtime::mesh::ShardSet;
 use crate::runtime::shard::ShardMsg;
-pub use codec::WriteRequest;
+pub use codec::{AlarmKind, WriteRequest};
 
 /// Proposals and read-index requests waiting in the coordinator's inbox before senders wait.
 pub const COORDINATOR_INBOX_MAX: usize = 16 * 1024;
@@ -35,6 +35,8 @@ pub const COORDINATOR_INBOX_MAX: usize = 16 * 1024;
 const INBOX_BATCH_MAX: usize = 4096;
 /// Applied entries kept in raft's in-memory log (for peers that lag, once there are peers).
 const RAFT_LOG_RETAINED_ENTRIES: u64 = 5000;
+/// How stale the published store size may be while writes flow.
+const DB_SIZE_REFRESH_INTERVAL: Duration = Duration::from_millis(20);
 /// etcd refuses new proposals while this many committed entries are not yet applied.
 pub const UNAPPLIED_ENTRIES_MAX: u64 = 5000;
 
@@ -50,6 +52,10 @@ pub struct Published {
     pub applied_index: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub serving: AtomicBool,
+    /// The store's size as the quota sees it: the shards' bytes, history included.
+    pub db_size: AtomicI64,
+    /// Some member has the NOSPACE alarm raised.
+    pub nospace: AtomicBool,
 }
 
 impl Published {
@@ -73,8 +79,15 @@ pub enum WriteResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
-    LeaseGrant { id: i64, ttl_secs: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl_secs: i64,
+    },
     LeaseRevoke,
+    /// Whether the alarm was actually raised or cleared by this request.
+    Alarm {
+        changed: bool,
+    },
 }
 
 /// What LeaseTimeToLive reports.
@@ -116,6 +129,9 @@ pub enum CoordMsg {
     },
     LeaseLeases {
         reply: oneshot::Sender<Vec<i64>>,
+    },
+    AlarmList {
+        reply: oneshot::Sender<Vec<(u64, AlarmKind)>>,
     },
     Watch(watch::WatchMsg),
 }
@@ -174,6 +190,8 @@ pub struct CoordinatorConfig {
     pub lease_ttl_min_secs: i64,
     /// --experimental-watch-progress-notify-interval.
     pub watch_progress_interval: Duration,
+    /// --quota-backend-bytes, resolved (etcd's 2 GiB default for 0).
+    pub quota_bytes: i64,
 }
 
 pub struct Coordinator {
@@ -203,6 +221,11 @@ pub struct Coordinator {
     watch: watch::WatchHub,
     watch_progress_interval: Duration,
     next_watch_progress: Instant,
+    alarms: std::collections::BTreeSet<(u64, AlarmKind)>,
+    quota_bytes: i64,
+    /// When the db size was last read from the shards, and whether anything was applied since.
+    db_size_read_at: Instant,
+    db_size_stale: bool,
 }
 
 impl Coordinator {
@@ -274,6 +297,10 @@ impl Coordinator {
             watch: watch::WatchHub::default(),
             watch_progress_interval: cfg.watch_progress_interval,
             next_watch_progress: Instant::now() + cfg.watch_progress_interval,
+            alarms: Default::default(),
+            quota_bytes: cfg.quota_bytes,
+            db_size_read_at: Instant::now(),
+            db_size_stale: true,
         })
     }
 
@@ -324,6 +351,7 @@ impl Coordinator {
                 self.start_read(read_batch);
             }
             self.on_ready().await?;
+            self.refresh_db_size().await?;
         }
     }
 
@@ -360,6 +388,9 @@ impl Coordinator {
             }
             CoordMsg::LeaseLeases { reply } => {
                 let _ = reply.send(self.leases.ids());
+            }
+            CoordMsg::AlarmList { reply } => {
+                let _ = reply.send(self.alarms.iter().copied().collect());
             }
         }
         Ok(())
@@ -400,6 +431,24 @@ impl Coordinator {
         {
             let _ = reply.send(Err(EtcdError::NoLeader));
             return;
+        }
+        if let Some(size) = grows_store(&req) {
+            // etcd's quota: refuse a write that would take the store past the quota, and
+            // raise the NOSPACE alarm so that every member refuses writes until disarmed.
+            let db_size = self.published.db_size.load(Ordering::Acquire);
+            let over = db_size + size as i64 > self.quota_bytes;
+            if self.published.nospace.load(Ordering::Acquire) || over {
+                if over && !self.published.nospace.load(Ordering::Acquire) {
+                    let alarm = WriteRequest::Alarm {
+                        activate: true,
+                        member_id: self.member_id,
+                        alarm: AlarmKind::NoSpace,
+                    };
+                    let _ = self.node.propose(Vec::new(), codec::encode(0, &alarm));
+                }
+                let _ = reply.send(Err(EtcdError::NoSpace));
+                return;
+            }
         }
         let committed = self.node.raft.raft_log.committed;
         if committed.saturating_sub(self.applied_index) > UNAPPLIED_ENTRIES_MAX {
@@ -506,6 +555,25 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Re-reads the store size from the shards after writes, at most every
+    /// `DB_SIZE_REFRESH_INTERVAL`: the quota and Status read the published figure.
+    async fn refresh_db_size(&mut self) -> anyhow::Result<()> {
+        if !self.db_size_stale || self.db_size_read_at.elapsed() < DB_SIZE_REFRESH_INTERVAL {
+            return Ok(());
+        }
+        let stats = self
+            .shards
+            .call_all(|reply| ShardMsg::Stats { reply })
+            .await?;
+        let bytes: usize = stats.iter().map(|s| s.bytes).sum();
+        self.published
+            .db_size
+            .store(bytes as i64, Ordering::Release);
+        self.db_size_read_at = Instant::now();
+        self.db_size_stale = false;
+        Ok(())
+    }
+
     /// Drops applied entries from raft's in-memory log, keeping a tail. The WAL file still has
     /// them (restart replays it); memory must not grow with the history.
     fn trim_raft_log(&mut self) -> anyhow::Result<()> {
@@ -586,6 +654,11 @@ impl Coordinator {
     ) -> anyhow::Result<Result<WriteOutcome, EtcdError>> {
         let main = self.revision + 1;
         let mut events = Vec::new();
+        self.db_size_stale = true;
+        if self.published.nospace.load(Ordering::Acquire) && grows_store(&req).is_some() {
+            // While NOSPACE is raised, writes that add data fail at apply on every member.
+            return Ok(Err(EtcdError::NoSpace));
+        }
         let result = match req {
             WriteRequest::Put(p) if p.lease != 0 && !self.leases.contains(p.lease) => {
                 Err(EtcdError::LeaseNotFound)
@@ -640,6 +713,20 @@ impl Coordinator {
                     Err(lease::GrantError::TtlTooLarge) => Err(EtcdError::LeaseTtlTooLarge),
                     Err(lease::GrantError::NoId) => Err(EtcdError::LeaseNotFound),
                 }
+            }
+            WriteRequest::Alarm {
+                activate,
+                member_id,
+                alarm,
+            } => {
+                let changed = if activate {
+                    self.alarms.insert((member_id, alarm))
+                } else {
+                    self.alarms.remove(&(member_id, alarm))
+                };
+                let nospace = self.alarms.iter().any(|(_, a)| *a == AlarmKind::NoSpace);
+                self.published.nospace.store(nospace, Ordering::Release);
+                Ok(WriteResponse::Alarm { changed })
             }
             WriteRequest::LeaseRevoke { id } => match self.leases.get(id) {
                 None => Err(EtcdError::LeaseNotFound),
@@ -940,6 +1027,39 @@ fn collect_taken_puts(
             _ => {}
         }
     }
+}
+
+/// The bytes a request may add to the store, if it is one the quota applies to (etcd's quota
+/// covers puts, txns with puts and lease grants).
+fn grows_store(req: &WriteRequest) -> Option<usize> {
+    fn txn_put_bytes(t: &TxnRequest) -> usize {
+        t.success
+            .iter()
+            .chain(t.failure.iter())
+            .map(|op| match op {
+                RequestOp::Put(p) => p.key.len() + p.value.len(),
+                RequestOp::Txn(inner) => txn_put_bytes(inner),
+                _ => 0,
+            })
+            .sum()
+    }
+    match req {
+        WriteRequest::Put(p) => Some(p.key.len() + p.value.len()),
+        WriteRequest::Txn(t) => {
+            let n = txn_put_bytes(t);
+            (n > 0 || has_put(t)).then_some(n)
+        }
+        WriteRequest::LeaseGrant { .. } => Some(0),
+        _ => None,
+    }
+}
+
+fn has_put(t: &TxnRequest) -> bool {
+    t.success.iter().chain(t.failure.iter()).any(|op| match op {
+        RequestOp::Put(_) => true,
+        RequestOp::Txn(inner) => has_put(inner),
+        _ => false,
+    })
 }
 
 /// Every lease any put of the txn names, on either branch.
