@@ -9,6 +9,8 @@ const PROTOS: &[&str] = &[
     "etcd/mvccpb/kv.proto",
     "etcd/authpb/auth.proto",
     "etcd/etcdserverpb/rpc.proto",
+    "etcd/v3electionpb/v3election.proto",
+    "etcd/v3lockpb/v3lock.proto",
 ];
 
 fn main() {

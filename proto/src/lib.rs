@@ -1,12 +1,14 @@
 //! etcd v3.5 API wire types (prost) and gRPC stubs (tonic codegen) for rusd.
 //!
 //! Generated from `proto/etcd/**/*.proto`, which are wire-identical to etcd
-//! v3.5.17's `etcdserverpb`, `mvccpb` and `authpb` packages (checked by
+//! v3.5.17's `etcdserverpb`, `mvccpb`, `authpb`, `v3electionpb` and `v3lockpb` packages (checked by
 //! `tests/wire_compat.rs`). `bytes` fields are `bytes::Bytes`.
 //!
 //! Services live in `etcdserverpb::{kv,watch,lease,cluster,maintenance,auth}_server`
 //! and the matching `*_client` modules (clients are generic over any
 //! `tonic::client::GrpcService`; no transport helpers are generated).
+//! `v3electionpb::election_server` and `v3lockpb::lock_server` are the
+//! Election and Lock services etcd also serves on its client port.
 
 #![allow(clippy::all, clippy::pedantic, clippy::nursery)]
 #![allow(missing_docs, rustdoc::all, unused_qualifications)]
@@ -27,7 +29,17 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
 
-/// Encoded `google.protobuf.FileDescriptorSet` of the three packages (as
+/// The Election service of the client port (`v3electionpb`).
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+}
+
+/// The Lock service of the client port (`v3lockpb`).
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+
+/// Encoded `google.protobuf.FileDescriptorSet` of the five packages (as
 /// compiled from `proto/etcd`), e.g. for gRPC reflection or compat checks.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));

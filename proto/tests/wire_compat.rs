@@ -1,6 +1,7 @@
 //! Wire-compatibility check against etcd's own v3.5.17 protos.
 //!
-//! etcd's `rpc.proto`, `kv.proto` and `auth.proto` are taken from the Go
+//! etcd's `rpc.proto`, `kv.proto`, `auth.proto` (API module) and
+//! `v3election.proto`, `v3lock.proto` (server module) are taken from the Go
 //! module cache (downloaded with `go mod download` if absent) and compiled with
 //! protox at test time. Their descriptors are then compared with our
 //! `proto::FILE_DESCRIPTOR_SET` message by message, field by field, enum by
@@ -27,13 +28,32 @@ use prost_types::{
 
 const ETCD_API_MODULE: &str = "go.etcd.io/etcd/api/v3";
 const ETCD_VERSION: &str = "v3.5.17";
-const PACKAGES: &[&str] = &["etcdserverpb", "mvccpb", "authpb"];
+const ETCD_SERVER_MODULE: &str = "go.etcd.io/etcd/server/v3";
+const PACKAGES: &[&str] = &[
+    "etcdserverpb",
+    "mvccpb",
+    "authpb",
+    "v3electionpb",
+    "v3lockpb",
+];
 
 /// Where etcd's files must sit so their own `import` lines resolve.
 const ETCD_FILES: &[(&str, &str)] = &[
     ("etcdserverpb/rpc.proto", "etcd/api/etcdserverpb/rpc.proto"),
     ("mvccpb/kv.proto", "etcd/api/mvccpb/kv.proto"),
     ("authpb/auth.proto", "etcd/api/authpb/auth.proto"),
+];
+
+/// etcd's Election and Lock protos, from the server module (they import the API files above).
+const ETCD_SERVER_FILES: &[(&str, &str)] = &[
+    (
+        "etcdserver/api/v3election/v3electionpb/v3election.proto",
+        "etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
+    ),
+    (
+        "etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+        "etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+    ),
 ];
 
 // ---------------------------------------------------------------------------
@@ -102,24 +122,33 @@ fn go_mod_download(module_at_version: &str) -> Result<PathBuf, String> {
 }
 
 fn etcd_api_dir() -> PathBuf {
-    let cached = mod_cache().join(format!("{ETCD_API_MODULE}@{ETCD_VERSION}"));
-    if cached.join("etcdserverpb/rpc.proto").is_file() {
+    etcd_module_dir(ETCD_API_MODULE, "etcdserverpb/rpc.proto")
+}
+
+fn etcd_server_dir() -> PathBuf {
+    etcd_module_dir(ETCD_SERVER_MODULE, ETCD_SERVER_FILES[0].0)
+}
+
+/// The module's directory in the Go module cache (downloaded if absent); `probe` must exist.
+fn etcd_module_dir(module: &str, probe: &str) -> PathBuf {
+    let cached = mod_cache().join(format!("{module}@{ETCD_VERSION}"));
+    if cached.join(probe).is_file() {
         return cached;
     }
     eprintln!(
-        "{} not found; running `go mod download {ETCD_API_MODULE}@{ETCD_VERSION}`",
+        "{} not found; running `go mod download {module}@{ETCD_VERSION}`",
         cached.display()
     );
-    match go_mod_download(&format!("{ETCD_API_MODULE}@{ETCD_VERSION}")) {
-        Ok(dir) if dir.join("etcdserverpb/rpc.proto").is_file() => dir,
+    match go_mod_download(&format!("{module}@{ETCD_VERSION}")) {
+        Ok(dir) if dir.join(probe).is_file() => dir,
         Ok(dir) => panic!(
-            "etcd API module downloaded to {} but etcdserverpb/rpc.proto is missing",
+            "etcd module downloaded to {} but {probe} is missing",
             dir.display()
         ),
         Err(e) => panic!(
-            "wire-compat test needs etcd's original protos ({ETCD_API_MODULE}@{ETCD_VERSION}) \
+            "wire-compat test needs etcd's original protos ({module}@{ETCD_VERSION}) \
              from the Go module cache ({}), and fetching them failed: {e}\n\
-             Install Go and run `go mod download {ETCD_API_MODULE}@{ETCD_VERSION}`.",
+             Install Go and run `go mod download {module}@{ETCD_VERSION}`.",
             cached.display()
         ),
     }
@@ -216,6 +245,10 @@ fn compile_etcd(real_imports: bool) -> (FileDescriptorSet, DescriptorPool) {
     for (src, dst) in ETCD_FILES {
         put(root, dst, &fs::read(api.join(src)).unwrap());
     }
+    let server = etcd_server_dir();
+    for (src, dst) in ETCD_SERVER_FILES {
+        put(root, dst, &fs::read(server.join(src)).unwrap());
+    }
 
     let gogo = real_imports
         .then(|| find_in_mod_cache("github.com/gogo/protobuf", "gogoproto/gogo.proto"))
@@ -264,7 +297,7 @@ fn compile_etcd(real_imports: bool) -> (FileDescriptorSet, DescriptorPool) {
 
     let mut compiler = protox::Compiler::new([root]).unwrap();
     compiler.include_imports(true);
-    for (_, dst) in ETCD_FILES {
+    for (_, dst) in ETCD_FILES.iter().chain(ETCD_SERVER_FILES) {
         if let Err(e) = compiler.open_file(dst) {
             panic!("protox failed on etcd's {dst}: {e:?}");
         }
@@ -497,12 +530,12 @@ fn assert_wire_compatible(real_imports: bool) {
     );
     assert_eq!(
         etcd.services.len(),
-        6,
+        8,
         "etcd services: {:?}",
         etcd.services.keys()
     );
     let n_methods: usize = etcd.services.values().map(BTreeMap::len).sum();
-    assert_eq!(n_methods, 41, "etcd method count");
+    assert_eq!(n_methods, 48, "etcd method count");
 
     let diffs = compare(&ours, &etcd);
     assert!(
@@ -572,6 +605,11 @@ fn grpc_service_names() {
     assert_eq!(cluster_server::SERVICE_NAME, "etcdserverpb.Cluster");
     assert_eq!(maintenance_server::SERVICE_NAME, "etcdserverpb.Maintenance");
     assert_eq!(auth_server::SERVICE_NAME, "etcdserverpb.Auth");
+    assert_eq!(
+        proto::v3electionpb::election_server::SERVICE_NAME,
+        "v3electionpb.Election"
+    );
+    assert_eq!(proto::v3lockpb::lock_server::SERVICE_NAME, "v3lockpb.Lock");
 }
 
 /// Bytes encoded by our prost types decode under etcd's own descriptors into
@@ -636,4 +674,67 @@ fn encoded_messages_round_trip_through_etcd_descriptors() {
         TxnRequest::decode(dynamic.encode_to_vec().as_slice()).unwrap(),
         txn
     );
+}
+
+/// Election messages (which embed etcdserverpb and mvccpb types across packages) decode under
+/// etcd's own descriptors and re-encode to the same bytes.
+#[test]
+fn election_and_lock_messages_round_trip_through_etcd_descriptors() {
+    use proto::etcdserverpb::ResponseHeader;
+    use proto::mvccpb::KeyValue;
+    use proto::v3electionpb::{CampaignResponse, LeaderKey, LeaderResponse};
+    use proto::v3lockpb::LockRequest;
+    let (_, pool) = compile_etcd(false);
+    let header = Some(ResponseHeader {
+        cluster_id: 1,
+        member_id: 2,
+        revision: 3,
+        raft_term: 4,
+    });
+    let campaign = CampaignResponse {
+        header,
+        leader: Some(LeaderKey {
+            name: "e".into(),
+            key: "e/694d7a".into(),
+            rev: 17,
+            lease: 0x694d_7a00,
+        }),
+    }
+    .encode_to_vec();
+    let leader = LeaderResponse {
+        header,
+        kv: Some(KeyValue {
+            key: "e/694d7a".into(),
+            create_revision: 17,
+            value: "v".into(),
+            ..Default::default()
+        }),
+    }
+    .encode_to_vec();
+    let lock = LockRequest {
+        name: "l".into(),
+        lease: 9,
+    }
+    .encode_to_vec();
+    for (name, bytes, needles) in [
+        (
+            "v3electionpb.CampaignResponse",
+            &campaign,
+            &["revision:3", "rev:17", r#"key:"e/694d7a""#][..],
+        ),
+        (
+            "v3electionpb.LeaderResponse",
+            &leader,
+            &["create_revision:17", r#"value:"v""#][..],
+        ),
+        ("v3lockpb.LockRequest", &lock, &["lease:9"][..]),
+    ] {
+        let desc = pool.get_message_by_name(name).expect(name);
+        let dynamic = DynamicMessage::decode(desc, bytes.as_slice()).unwrap();
+        let text = dynamic.to_string();
+        for needle in needles {
+            assert!(text.contains(needle), "{name}: {needle:?} not in {text}");
+        }
+        assert_eq!(&dynamic.encode_to_vec(), bytes, "{name}");
+    }
 }
