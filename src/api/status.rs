@@ -50,6 +50,44 @@ pub fn code_and_message(e: &EtcdError) -> (Code, &'static str) {
         ),
         PermissionDenied => (Code::PermissionDenied, "etcdserver: permission denied"),
         InvalidAuthToken => (Code::Unauthenticated, "etcdserver: invalid auth token"),
+        RootUserNotExist => (
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+        ),
+        RootRoleNotExist => (
+            Code::FailedPrecondition,
+            "etcdserver: root user does not have root role",
+        ),
+        UserAlreadyExist => (
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+        ),
+        UserEmpty => (Code::InvalidArgument, "etcdserver: user name is empty"),
+        UserNotFound => (Code::FailedPrecondition, "etcdserver: user name not found"),
+        RoleAlreadyExist => (
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+        ),
+        RoleNotFound => (Code::FailedPrecondition, "etcdserver: role name not found"),
+        RoleEmpty => (Code::InvalidArgument, "etcdserver: role name is empty"),
+        AuthFailed => (
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password",
+        ),
+        PermissionNotGiven => (Code::InvalidArgument, "etcdserver: permission not given"),
+        RoleNotGranted => (
+            Code::FailedPrecondition,
+            "etcdserver: role is not granted to the user",
+        ),
+        PermissionNotGranted => (
+            Code::FailedPrecondition,
+            "etcdserver: permission is not granted to the role",
+        ),
+        InvalidAuthMgmt => (Code::InvalidArgument, "etcdserver: invalid auth management"),
+        AuthOldRevision => (
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
+        ),
     }
 }
 
@@ -174,6 +212,76 @@ mod tests {
                 InvalidAuthToken,
                 Code::Unauthenticated,
                 "etcdserver: invalid auth token",
+            ),
+            (
+                RootUserNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            (
+                RootRoleNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            (
+                UserAlreadyExist,
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
+            (
+                UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                UserNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: user name not found",
+            ),
+            (
+                RoleAlreadyExist,
+                Code::FailedPrecondition,
+                "etcdserver: role name already exists",
+            ),
+            (
+                RoleNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: role name not found",
+            ),
+            (
+                RoleEmpty,
+                Code::InvalidArgument,
+                "etcdserver: role name is empty",
+            ),
+            (
+                AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                PermissionNotGiven,
+                Code::InvalidArgument,
+                "etcdserver: permission not given",
+            ),
+            (
+                RoleNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            (
+                PermissionNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: permission is not granted to the role",
+            ),
+            (
+                InvalidAuthMgmt,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+            (
+                AuthOldRevision,
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
             ),
         ];
         for (err, code, msg) in rows {

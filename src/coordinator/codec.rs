@@ -5,6 +5,7 @@
 //!
 //! Layout: `request_id: u64 LE (8 bytes)`, then `tag: u8` and the request body.
 
+use super::auth::{AuthInfo, AuthRequest, PermType, Permission};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use shards::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
@@ -33,6 +34,14 @@ pub enum WriteRequest {
         member_id: u64,
         alarm: AlarmKind,
     },
+    /// A change to users, roles or the auth flag (see `coordinator::auth`).
+    Auth(AuthRequest),
+    /// A request sent by an authenticated user: apply re-checks its permissions against the
+    /// auth state of its turn in the log, as etcd's authApplierV3 does with the entry header.
+    Authed {
+        info: AuthInfo,
+        req: Box<WriteRequest>,
+    },
 }
 
 /// etcd's alarm types (AlarmType in rpc.proto: NOSPACE = 1, CORRUPT = 2).
@@ -57,6 +66,8 @@ const TAG_RANGE: u8 = 5;
 const TAG_LEASE_GRANT: u8 = 6;
 const TAG_LEASE_REVOKE: u8 = 7;
 const TAG_ALARM: u8 = 8;
+const TAG_AUTH: u8 = 20;
+const TAG_AUTHED: u8 = 21;
 
 pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(64);
@@ -100,6 +111,16 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
                 AlarmKind::Corrupt => 2,
             });
         }
+        WriteRequest::Auth(a) => {
+            out.put_u8(TAG_AUTH);
+            put_auth(&mut out, a);
+        }
+        WriteRequest::Authed { info, req } => {
+            out.put_u8(TAG_AUTHED);
+            put_bytes(&mut out, info.user.as_bytes());
+            put_varint(&mut out, info.revision);
+            out.put_slice(&encode(0, req)[8..]);
+        }
     }
     out.to_vec()
 }
@@ -139,6 +160,22 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
                 activate,
                 member_id,
                 alarm,
+            }
+        }
+        TAG_AUTH => WriteRequest::Auth(get_auth(&mut buf)?),
+        TAG_AUTHED => {
+            let user = get_string(&mut buf)?;
+            let revision = get_varint(&mut buf)?;
+            let mut inner = vec![0u8; 8];
+            inner.extend_from_slice(&buf);
+            buf.advance(buf.remaining());
+            let (_, req) = decode(&inner)?;
+            if matches!(req, WriteRequest::Authed { .. }) {
+                return Err(DecodeError("nested authed request"));
+            }
+            WriteRequest::Authed {
+                info: AuthInfo { user, revision },
+                req: Box::new(req),
             }
         }
         _ => return Err(DecodeError("unknown request tag")),
@@ -445,9 +482,216 @@ fn get_txn(buf: &mut Bytes, depth: u32) -> Result<TxnRequest, DecodeError> {
     })
 }
 
+fn get_string(buf: &mut Bytes) -> Result<String, DecodeError> {
+    String::from_utf8(get_bytes(buf)?.to_vec()).map_err(|_| DecodeError("name is not UTF-8"))
+}
+
+const AUTH_ENABLE: u8 = 1;
+const AUTH_DISABLE: u8 = 2;
+const AUTH_USER_ADD: u8 = 3;
+const AUTH_USER_DELETE: u8 = 4;
+const AUTH_USER_CHANGE_PASSWORD: u8 = 5;
+const AUTH_USER_GRANT_ROLE: u8 = 6;
+const AUTH_USER_REVOKE_ROLE: u8 = 7;
+const AUTH_ROLE_ADD: u8 = 8;
+const AUTH_ROLE_DELETE: u8 = 9;
+const AUTH_ROLE_GRANT_PERMISSION: u8 = 10;
+const AUTH_ROLE_REVOKE_PERMISSION: u8 = 11;
+
+fn put_auth(out: &mut BytesMut, a: &AuthRequest) {
+    let s = |out: &mut BytesMut, v: &str| put_bytes(out, v.as_bytes());
+    match a {
+        AuthRequest::Enable => out.put_u8(AUTH_ENABLE),
+        AuthRequest::Disable => out.put_u8(AUTH_DISABLE),
+        AuthRequest::UserAdd {
+            name,
+            password_hash,
+            no_password,
+        } => {
+            out.put_u8(AUTH_USER_ADD);
+            s(out, name);
+            s(out, password_hash);
+            out.put_u8(u8::from(*no_password));
+        }
+        AuthRequest::UserDelete { name } => {
+            out.put_u8(AUTH_USER_DELETE);
+            s(out, name);
+        }
+        AuthRequest::UserChangePassword {
+            name,
+            password_hash,
+        } => {
+            out.put_u8(AUTH_USER_CHANGE_PASSWORD);
+            s(out, name);
+            s(out, password_hash);
+        }
+        AuthRequest::UserGrantRole { user, role } => {
+            out.put_u8(AUTH_USER_GRANT_ROLE);
+            s(out, user);
+            s(out, role);
+        }
+        AuthRequest::UserRevokeRole { name, role } => {
+            out.put_u8(AUTH_USER_REVOKE_ROLE);
+            s(out, name);
+            s(out, role);
+        }
+        AuthRequest::RoleAdd { name } => {
+            out.put_u8(AUTH_ROLE_ADD);
+            s(out, name);
+        }
+        AuthRequest::RoleDelete { role } => {
+            out.put_u8(AUTH_ROLE_DELETE);
+            s(out, role);
+        }
+        AuthRequest::RoleGrantPermission { name, perm } => {
+            out.put_u8(AUTH_ROLE_GRANT_PERMISSION);
+            s(out, name);
+            put_bytes(out, &perm.key);
+            put_bytes(out, &perm.range_end);
+            out.put_u8(perm.perm as u8);
+        }
+        AuthRequest::RoleRevokePermission {
+            role,
+            key,
+            range_end,
+        } => {
+            out.put_u8(AUTH_ROLE_REVOKE_PERMISSION);
+            s(out, role);
+            put_bytes(out, key);
+            put_bytes(out, range_end);
+        }
+    }
+}
+
+fn get_auth(buf: &mut Bytes) -> Result<AuthRequest, DecodeError> {
+    Ok(match get_u8(buf)? {
+        AUTH_ENABLE => AuthRequest::Enable,
+        AUTH_DISABLE => AuthRequest::Disable,
+        AUTH_USER_ADD => AuthRequest::UserAdd {
+            name: get_string(buf)?,
+            password_hash: get_string(buf)?,
+            no_password: get_u8(buf)? != 0,
+        },
+        AUTH_USER_DELETE => AuthRequest::UserDelete {
+            name: get_string(buf)?,
+        },
+        AUTH_USER_CHANGE_PASSWORD => AuthRequest::UserChangePassword {
+            name: get_string(buf)?,
+            password_hash: get_string(buf)?,
+        },
+        AUTH_USER_GRANT_ROLE => AuthRequest::UserGrantRole {
+            user: get_string(buf)?,
+            role: get_string(buf)?,
+        },
+        AUTH_USER_REVOKE_ROLE => AuthRequest::UserRevokeRole {
+            name: get_string(buf)?,
+            role: get_string(buf)?,
+        },
+        AUTH_ROLE_ADD => AuthRequest::RoleAdd {
+            name: get_string(buf)?,
+        },
+        AUTH_ROLE_DELETE => AuthRequest::RoleDelete {
+            role: get_string(buf)?,
+        },
+        AUTH_ROLE_GRANT_PERMISSION => AuthRequest::RoleGrantPermission {
+            name: get_string(buf)?,
+            perm: Permission {
+                key: get_bytes(buf)?,
+                range_end: get_bytes(buf)?,
+                perm: PermType::from_i32(i32::from(get_u8(buf)?))
+                    .ok_or(DecodeError("bad permission type"))?,
+            },
+        },
+        AUTH_ROLE_REVOKE_PERMISSION => AuthRequest::RoleRevokePermission {
+            role: get_string(buf)?,
+            key: get_bytes(buf)?,
+            range_end: get_bytes(buf)?,
+        },
+        _ => return Err(DecodeError("bad auth request tag")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_trips_auth_requests() {
+        let perm = Permission {
+            key: Bytes::from_static(b"z"),
+            range_end: Bytes::from_static(b"\0"),
+            perm: PermType::ReadWrite,
+        };
+        let reqs = vec![
+            AuthRequest::Enable,
+            AuthRequest::Disable,
+            AuthRequest::UserAdd {
+                name: "root".into(),
+                password_hash: "$2a$10$abc".into(),
+                no_password: false,
+            },
+            AuthRequest::UserAdd {
+                name: "example.com".into(),
+                password_hash: String::new(),
+                no_password: true,
+            },
+            AuthRequest::UserDelete { name: "u".into() },
+            AuthRequest::UserChangePassword {
+                name: "u".into(),
+                password_hash: "h".into(),
+            },
+            AuthRequest::UserGrantRole {
+                user: "u".into(),
+                role: "r".into(),
+            },
+            AuthRequest::UserRevokeRole {
+                name: "u".into(),
+                role: "r".into(),
+            },
+            AuthRequest::RoleAdd { name: "r".into() },
+            AuthRequest::RoleDelete { role: "r".into() },
+            AuthRequest::RoleGrantPermission {
+                name: "r".into(),
+                perm,
+            },
+            AuthRequest::RoleRevokePermission {
+                role: "r".into(),
+                key: Bytes::from_static(b"a"),
+                range_end: Bytes::new(),
+            },
+        ];
+        let mut all: Vec<WriteRequest> = reqs.into_iter().map(WriteRequest::Auth).collect();
+        all.push(WriteRequest::Authed {
+            info: AuthInfo {
+                user: "u".into(),
+                revision: 7,
+            },
+            req: Box::new(WriteRequest::Put(PutRequest {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                ..Default::default()
+            })),
+        });
+        all.push(WriteRequest::Authed {
+            info: AuthInfo {
+                user: "root".into(),
+                revision: 1 << 40,
+            },
+            req: Box::new(WriteRequest::Auth(AuthRequest::Disable)),
+        });
+        for req in all {
+            let bytes = encode(5, &req);
+            let (id, back) = decode(&bytes).unwrap();
+            assert_eq!(id, 5);
+            assert_eq!(back, req);
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode(&bytes[..cut]).is_err(),
+                    "prefix {cut} of {req:?} decoded"
+                );
+            }
+        }
+    }
 
     #[test]
     fn round_trips_nested_txn() {

@@ -2,6 +2,7 @@
 //! counter and the compact revision, proposes writes, applies committed entries strictly in log
 //! order by driving the shards, and answers the proposers.
 
+pub mod auth;
 pub mod codec;
 pub mod lease;
 pub mod wal;
@@ -56,6 +57,8 @@ pub struct Published {
     pub db_size: AtomicI64,
     /// Some member has the NOSPACE alarm raised.
     pub nospace: AtomicBool,
+    /// The auth state every core checks permissions against, and the member's tokens.
+    pub auth: auth::AuthShared,
 }
 
 impl Published {
@@ -88,6 +91,8 @@ pub enum WriteResponse {
     Alarm {
         changed: bool,
     },
+    /// An auth mutation was applied.
+    Auth,
 }
 
 /// What LeaseTimeToLive reports.
@@ -216,6 +221,7 @@ pub struct Coordinator {
     /// Where the events of each applied write go (the watch hub, once it exists).
     events_applied: u64,
     leases: lease::LeaseTable,
+    auth: Arc<auth::AuthStore>,
     member_id: u64,
     was_leader: bool,
     watch: watch::WatchHub,
@@ -292,6 +298,7 @@ impl Coordinator {
             on_serving: Some(on_serving),
             events_applied: 0,
             leases: lease::LeaseTable::new(cfg.lease_ttl_min_secs),
+            auth: Arc::new(auth::AuthStore::default()),
             member_id: cfg.member_id,
             was_leader: false,
             watch: watch::WatchHub::default(),
@@ -652,6 +659,20 @@ impl Coordinator {
         &mut self,
         req: WriteRequest,
     ) -> anyhow::Result<Result<WriteOutcome, EtcdError>> {
+        let req = match req {
+            WriteRequest::Authed { info, req } => {
+                let keys = |id| {
+                    self.leases
+                        .get(id)
+                        .map_or(Vec::new(), |l| l.keys.iter().cloned().collect())
+                };
+                if let Err(e) = auth::check_apply(&self.auth, &info, &req, &keys) {
+                    return Ok(Err(e));
+                }
+                *req
+            }
+            req => req,
+        };
         let main = self.revision + 1;
         let mut events = Vec::new();
         self.db_size_stale = true;
@@ -728,6 +749,9 @@ impl Coordinator {
                 self.published.nospace.store(nospace, Ordering::Release);
                 Ok(WriteResponse::Alarm { changed })
             }
+            WriteRequest::Auth(a) => auth::apply_published(&mut self.auth, &self.published.auth, a)
+                .map(|()| WriteResponse::Auth),
+            WriteRequest::Authed { .. } => Err(EtcdError::InvalidAuthMgmt), // unwrapped above
             WriteRequest::LeaseRevoke { id } => match self.leases.get(id) {
                 None => Err(EtcdError::LeaseNotFound),
                 Some(l) => {
@@ -1050,6 +1074,7 @@ fn grows_store(req: &WriteRequest) -> Option<usize> {
             (n > 0 || has_put(t)).then_some(n)
         }
         WriteRequest::LeaseGrant { .. } => Some(0),
+        WriteRequest::Authed { req, .. } => grows_store(req),
         _ => None,
     }
 }
