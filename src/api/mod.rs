@@ -2,9 +2,11 @@
 //! and HTTP types; everything below it speaks plain Rust.
 
 pub mod convert;
+pub mod election;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod router;
 pub mod status;

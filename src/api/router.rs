@@ -95,6 +95,14 @@ where
             let mut s = self.cluster.clone();
             return Box::pin(async move { s.call(req).await });
         }
+        if path.starts_with("/v3electionpb.Election/") {
+            let mut s = super::election::server(self.ctx.clone());
+            return Box::pin(async move { s.call(req).await });
+        }
+        if path.starts_with("/v3lockpb.Lock/") {
+            let mut s = super::lock::server(self.ctx.clone());
+            return Box::pin(async move { s.call(req).await });
+        }
         let is_grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
