@@ -58,6 +58,79 @@ impl Router {
     }
 }
 
+/// grpc-go (and so etcd) refuses a message above the receive limit with ResourceExhausted and
+/// "grpc: received message larger than max (N vs. M)"; tonic says OutOfRange in other words.
+/// Clients match on the code, so that status is rewritten to grpc-go's, in the headers of a
+/// trailers-only answer or in the trailers.
+fn grpc_go_size_status(resp: http::Response<Body>) -> http::Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    rewrite_size_status(&mut parts.headers);
+    http::Response::from_parts(parts, Body::new(SizeStatusBody { inner: body }))
+}
+
+fn rewrite_size_status(headers: &mut http::HeaderMap) {
+    let Some(message) = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| headers.get("grpc-status").is_some_and(|v| v == "11"))
+        .filter(|m| {
+            m.contains("decoded%20message%20length%20too%20large")
+                || m.contains("decoded message length too large")
+        })
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    // "...found N bytes, the limit is: M bytes"
+    let nums: Vec<&str> = message
+        .split("%20")
+        .flat_map(|w| w.split(' '))
+        .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    let text = match nums.as_slice() {
+        [found, limit, ..] => {
+            format!("grpc: received message larger than max ({found} vs. {limit})")
+        }
+        _ => "grpc: received message larger than max".to_string(),
+    };
+    headers.remove("grpc-message");
+    headers.remove("grpc-status");
+    let _ = tonic::Status::resource_exhausted(text).add_header(headers);
+}
+
+struct SizeStatusBody {
+    inner: Body,
+}
+
+impl http_body::Body for SizeStatusBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    rewrite_size_status(&mut trailers);
+                    http_body::Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            }))),
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 impl<B> Service<http::Request<B>> for Router
@@ -77,7 +150,7 @@ where
         let path = req.uri().path();
         if path.starts_with("/etcdserverpb.KV/") {
             let mut s = self.kv.clone();
-            return Box::pin(async move { s.call(req).await });
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         if path.starts_with("/etcdserverpb.Maintenance/") {
             let mut s = self.maintenance.clone();
@@ -93,6 +166,10 @@ where
         }
         if path.starts_with("/etcdserverpb.Cluster/") {
             let mut s = self.cluster.clone();
+            return Box::pin(async move { s.call(req).await });
+        }
+        if path.starts_with("/etcdserverpb.Auth/") {
+            let mut s = super::auth::server(self.ctx.clone());
             return Box::pin(async move { s.call(req).await });
         }
         if path.starts_with("/v3electionpb.Election/") {
