@@ -284,11 +284,31 @@ server_alive() { [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; }
 
 BENCH=("$BENCH_BIN" "--endpoints=$CLIENT_ADDR" --precise)
 
-# bench OUTBASE ARGS...: one benchmark run; stdout -> OUTBASE.out, stderr -> OUTBASE.err
+# bench OUTBASE ARGS...: one benchmark run; stdout -> OUTBASE.out, stderr -> OUTBASE.err.
+# Stall watchdog: the tool waits forever for a request the server never answers, so if its
+# progress counter ("N / TOTAL") does not move for STALL_S seconds, the run is stopped and
+# OUTBASE.stalled says where it stood.
+STALL_S=${STALL_S:-30}
+progress_of() { tail -c 300 "$1" 2>/dev/null | tr '\r' '\n' | grep -o '[0-9]\+ / [0-9]\+' | tail -n 1; }
 bench() {
   local base="$1"; shift
-  local rc=0
-  timeout 1800 "${BENCH[@]}" "$@" >"$base.out" 2>"$base.err" || rc=$?
+  local rc=0 last="" same=0 now
+  "${BENCH[@]}" "$@" >"$base.out" 2>"$base.err" &
+  local bpid=$!
+  while kill -0 "$bpid" 2>/dev/null; do
+    sleep 1
+    now=$(progress_of "$base.out")
+    if [ -n "$now" ] && [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; last="$now"; fi
+    if [ $same -ge "$STALL_S" ]; then
+      echo "no progress for ${STALL_S}s at $now requests: the server stopped answering (server still alive: $(server_alive && echo yes || echo no))" > "$base.stalled"
+      kill -INT "$bpid" 2>/dev/null || true
+      sleep 2
+      kill -KILL "$bpid" 2>/dev/null || true
+      break
+    fi
+  done
+  wait "$bpid" || rc=$?
+  [ -f "$base.stalled" ] && rc=124
   return $rc
 }
 
@@ -309,6 +329,9 @@ check_bench() {
   if unimplemented_in "$base.out" "$base.err"; then
     echo "the server answered Unimplemented: $(grep -oh 'code = Unimplemented[^"]*' "$base.out" "$base.err" | head -n 1)" > "$base.unsupported"
     log "  $w $s #$rep: not supported (Unimplemented)"
+  elif [ -f "$base.stalled" ]; then
+    echo "stalled: $(cat "$base.stalled")" > "$base.failed"
+    log "  $w $s #$rep: STALLED ($(cat "$base.stalled"))"
   elif [ "$rc" != 0 ] || ! grep -q '^Summary:' "$base.out"; then
     echo "benchmark exited with $rc; $(tail -n 2 "$base.err" | tr '\n' ' ')" > "$base.failed"
     log "  $w $s #$rep: FAILED (rc=$rc)"
@@ -378,7 +401,7 @@ w_range() { # S REP : preload, then range-l and/or range-s on the same server
   if [ $rc != 0 ] || ! "$ETCDCTL_BIN" --endpoints="$CLIENT_ADDR" put "$RANGE_KEY" \
         "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null 2>>"$results/range-preload/$s-$rep.err"; then
     for w in range-l range-s; do
-      has $w && { mkdir -p "$results/$w"; echo "preload failed (rc=$rc)" > "$results/$w/$s-$rep.failed"; }
+      has $w && { mkdir -p "$results/$w"; echo "preload of $RANGE_PRELOAD keys failed (rc=$rc) $(cat "$results/range-preload/$s-$rep.stalled" 2>/dev/null)" > "$results/$w/$s-$rep.failed"; }
     done
     log "  range $s #$rep: preload FAILED"
     end_session
@@ -463,10 +486,14 @@ memory_load() {
   bench "$results/memory-load/$s-$rep" "${load[@]}" || rc=$?
   if [ $rc != 0 ] || ! server_alive || ! grep -q '^Summary:' "$results/memory-load/$s-$rep.out"; then
     local why
-    why="loading $mem_keys keys failed (rc=$rc); $(tail -n 2 "$results/memory-load/$s-$rep.err" | tr '\n' ' ')"
+    if [ -f "$results/memory-load/$s-$rep.stalled" ]; then
+      why="loading $mem_keys keys stalled: $(cat "$results/memory-load/$s-$rep.stalled")"
+    else
+      why="loading $mem_keys keys failed (rc=$rc); $(tail -n 2 "$results/memory-load/$s-$rep.err" | tr '\n' ' ')"
+    fi
     has memory && echo "$why" > "$results/memory/$s-$rep.failed"
     has recovery && { mkdir -p "$results/recovery"; echo "$why" > "$results/recovery/$s-1.failed"; }
-    log "  memory $s #$rep: load FAILED"
+    log "  memory $s #$rep: load FAILED: $why"
     end_session
     return 0
   fi

@@ -47,7 +47,9 @@ def parse_jsonl(path):
             name = ev.get("Test")
             if not name:
                 if action in ("pass", "fail", "skip"):
-                    pkg_result = action
+                    # one event per test process: the package failed if any process failed
+                    if pkg_result != "fail":
+                        pkg_result = action
                 elif action == "output":
                     pkg_output.append(ev.get("Output", ""))
                 continue
@@ -214,14 +216,16 @@ def main():
 
     exit_code = 0
     if a.expected is not None:
-        expected = read_list(a.expected)
+        listed = read_list(a.expected)
+        expected = list(dict.fromkeys(listed))   # unique, in order
+        dups = sorted({n for n in listed if listed.count(n) > 1})
         missing = []
         for n in expected:
             st = tests.get(n, {}).get("status")
             if st != "pass":
                 missing.append({"name": n, "status": st or "not run"})
         report["expected"] = {"file": a.expected, "count": len(expected),
-                              "not_passing": missing}
+                              "duplicates": dups, "not_passing": missing}
         if missing:
             exit_code = 1
 
@@ -258,6 +262,8 @@ def main():
     if a.expected is not None:
         exp = report["expected"]
         out.write("\nExpected-pass list %s: %d tests\n" % (a.expected, exp["count"]))
+        if exp["duplicates"]:
+            out.write("(listed more than once: %s)\n" % ", ".join(exp["duplicates"]))
         if exp["not_passing"]:
             out.write("EXPECTED TESTS NOT PASSING (%d):\n" % len(exp["not_passing"]))
             for m in exp["not_passing"]:

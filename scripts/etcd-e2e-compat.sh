@@ -18,7 +18,14 @@
 #                     ${CARGO_TARGET_DIR:-<repo>/target}/release/rusd)
 #   --no-build        with the default binary: do not run cargo, use what is there
 #   --out DIR         output dir (default <repo>/.e2e-out)
-#   --timeout DUR     go test -timeout (default: per tier, summed; see TIER_TIMEOUT below)
+#   --timeout DUR     time budget of the run (default: per tier, summed; see TIER_TIMEOUT):
+#                     no test is started after it (they count as not run); with
+#                     --single-process it is go test's -timeout
+#   --test-timeout D  per top-level test timeout (-test.timeout of its process; default 10m)
+#   --single-process  run all selected tests in ONE test process (`go test -json`), as etcd's
+#                     CI does. Default: one test process per top-level test, because in one
+#                     process a single hung or timed-out test leaks goroutines and the
+#                     framework's leak check then SKIPS every later test.
 #   --stall-limit S   kill this run's server, etcdctl and etcdutl processes when no test or
 #                     subtest has started or finished for S seconds (default 120; 0 = off). The framework waits for
 #                     "ready to serve client requests" without any timeout, so a server that
@@ -63,11 +70,13 @@ no_build=0
 out_dir="$REPO_ROOT/.e2e-out"
 timeout=""
 stall_limit=120
+single=0
+test_timeout=10m
 lock_wait=7200
 list_only=0
 
 die() { echo "etcd-e2e-compat: $*" >&2; exit 2; }
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -96,6 +105,9 @@ while [ $# -gt 0 ]; do
     --stall-limit=*) stall_limit="${1#--stall-limit=}" ;;
     --lock-wait) [ $# -ge 2 ] || die "--lock-wait needs a value"; lock_wait="$2"; shift ;;
     --lock-wait=*) lock_wait="${1#--lock-wait=}" ;;
+    --single-process) single=1 ;;
+    --test-timeout) [ $# -ge 2 ] || die "--test-timeout needs a value"; test_timeout="$2"; shift ;;
+    --test-timeout=*) test_timeout="${1#--test-timeout=}" ;;
     --list) list_only=1 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
@@ -203,14 +215,24 @@ EOF
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
 
 # The list of every top-level test of the suite (cached; used for counts and "not run").
-TEST_LIST="$E2E_MOD/tests.list"
-if ! [ -s "$TEST_LIST" ] || [ "$(head -1 "$TEST_LIST")" != "# $(go env GOVERSION) $ETCD_VERSION" ]; then
-  echo "etcd-e2e-compat: compiling the e2e suite (go test -list) ..." >&2
-  ( cd "$E2E_MOD" && go test -list '.*' "$E2E_PKG" ) > "$TEST_LIST.tmp" 2> "$TEST_LIST.err" \
-    || { cat "$TEST_LIST.err" "$TEST_LIST.tmp" >&2; die "cannot compile $E2E_PKG"; }
-  { echo "# $(go env GOVERSION) $ETCD_VERSION"; grep -E '^(Test|Example|Benchmark|Fuzz)' "$TEST_LIST.tmp"; } > "$TEST_LIST"
-  rm -f "$TEST_LIST.tmp" "$TEST_LIST.err"
+# Compile the suite once into a test binary (cached by go's build cache: ~0.5 s when
+# nothing changed), plus test2json to turn its -test.v output into JSON events.
+TEST_BIN="$E2E_MOD/e2e.test"
+TEST2JSON="$E2E_MOD/test2json"
+echo "etcd-e2e-compat: compiling the e2e suite ..." >&2
+( cd "$E2E_MOD" && go test -c -o "$TEST_BIN.tmp" "$E2E_PKG" ) > "$E2E_MOD/compile.log" 2>&1 \
+  || { cat "$E2E_MOD/compile.log" >&2; die "cannot compile $E2E_PKG"; }
+mv -f "$TEST_BIN.tmp" "$TEST_BIN"
+if ! [ -x "$TEST2JSON" ] || [ "$(cat "$TEST2JSON.stamp" 2>/dev/null)" != "$(go env GOVERSION)" ]; then
+  ( cd "$E2E_MOD" && GOFLAGS= go build -o "$TEST2JSON" cmd/test2json ) || die "cannot build cmd/test2json"
+  go env GOVERSION > "$TEST2JSON.stamp"
 fi
+# every top-level test of the suite (for counts and "not run")
+TEST_LIST="$E2E_MOD/tests.list"
+{ echo "# $(go env GOVERSION) $ETCD_VERSION"
+  ( cd "$SRC/tests/e2e" && "$TEST_BIN" -test.list '.*' ) | grep -E '^(Test|Example|Benchmark|Fuzz)'
+} > "$TEST_LIST.tmp" || die "cannot list the tests of $TEST_BIN"
+mv -f "$TEST_LIST.tmp" "$TEST_LIST"
 
 selected="$(grep -v '^#' "$TEST_LIST" | grep -E '^Test' | grep -E -- "$run_re" || true)"
 n_selected=$(printf '%s' "$selected" | grep -c . || true)
@@ -290,26 +312,102 @@ pids_of_server() {
 }
 before_pids="$(pids_of_server | sort)"
 
-cmd=(go test -json -v -count=1 -timeout "$timeout" -run "$run_re" "$E2E_PKG" -args "-bin-dir=$bin_dir")
-cmd_str="cd $E2E_MOD && GOFLAGS='$GOFLAGS' ${cmd[*]}"
+tools_args=(--tool "$(readlink -f "$REF_BIN/etcdctl")=$bin_dir/etcdctl"
+            --tool "$(readlink -f "$REF_BIN/etcdutl")=$bin_dir/etcdutl")
+kill_strays() {  # server processes this run left behind: stop them, by pid
+  local p stray
+  stray="$(comm -13 <(printf '%s\n' "$before_pids") <(pids_of_server | sort) | grep . || true)"
+  for p in $stray; do
+    echo "etcd-e2e-compat: killing a server process left by this run: $p $(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null | cut -c1-300)" >&2
+    kill -9 "$p" 2>/dev/null || true
+  done
+}
+# The suite's ports (member i: 20000+5i .. +4) must be free in this network namespace: a
+# run of someone else (not serialized by our lock) holding them makes every test fail with
+# "address already in use". Wait until they are free, at most $1 seconds.
+wait_ports_free() {
+  python3 - "$1" <<'PY'
+import socket, sys, time, subprocess
+limit = float(sys.argv[1]); t0 = time.time(); said = False
+def busy():
+    out = []
+    for port in range(20000, 20030):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            out.append(port)
+        finally:
+            s.close()
+    return out
+while True:
+    b = busy()
+    if not b:
+        sys.exit(0)
+    if time.time() - t0 >= limit:
+        sys.stderr.write("etcd-e2e-compat: ports still busy after %.0fs: %s\n" % (limit, b))
+        sys.exit(1)
+    if not said:
+        try:
+            who = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+            who = [l for l in who.splitlines() if any(":%d " % p in l for p in b)]
+        except OSError:
+            who = []
+        sys.stderr.write("etcd-e2e-compat: ports %s are in use (another e2e run?); waiting up to %.0fs\n%s\n"
+                         % (b, limit, "\n".join(who)))
+        said = True
+    time.sleep(2)
+PY
+}
+# seconds from a go duration like 90m, 1h, 300s
+dur_s() { case "$1" in *h) echo $(( ${1%h} * 3600 ));; *m) echo $(( ${1%m} * 60 ));; *s) echo "${1%s}";; *) echo "$1";; esac; }
+
+if [ "$single" = 1 ]; then
+  cmd=(go test -json -v -count=1 -timeout "$timeout" -run "$run_re" "$E2E_PKG" -args "-bin-dir=$bin_dir")
+  cmd_str="cd $E2E_MOD && GOFLAGS='$GOFLAGS' ${cmd[*]}"
+else
+  cmd_str="for each selected top-level test T: cd $SRC/tests/e2e && $TEST2JSON -t -p $E2E_PKG $TEST_BIN -test.v=test2json -test.paniconexit0 -test.count=1 -test.timeout=$test_timeout -test.run '^T\$' -bin-dir=$bin_dir   (budget $timeout)"
+fi
+wait_ports_free "$lock_wait" || die "the e2e ports 20000-20029 are busy"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "etcd-e2e-compat: target=$target ($server_src)"
-echo "etcd-e2e-compat: $n_selected tests selected, timeout $timeout"
+echo "etcd-e2e-compat: $n_selected tests selected, $( [ "$single" = 1 ] && echo "one process, timeout $timeout" || echo "one process per test, budget $timeout, $test_timeout per test")"
 echo "etcd-e2e-compat: $cmd_str"
 clean_pkg_dir
 t0=$(date +%s)
 : > "$stem.watchdog"
-( cd "$E2E_MOD" && exec "${cmd[@]}" ) > "$jsonl" 2> "$stem.stderr" &
+: > "$stem.stderr"
+if [ "$single" = 1 ]; then
+  ( cd "$E2E_MOD" && exec "${cmd[@]}" ) > "$jsonl" 2> "$stem.stderr" &
+else
+  : > "$jsonl"
+  deadline=$(( t0 + $(dur_s "$timeout") ))
+  (
+    rc_all=0
+    for name in $selected; do
+      if [ "$(date +%s)" -ge "$deadline" ]; then
+        echo "etcd-e2e-compat: time budget $timeout used up; not running $name" >&2
+        rc_all=1; continue
+      fi
+      wait_ports_free 30 || true
+      ( cd "$SRC/tests/e2e" && exec "$TEST2JSON" -t -p "$E2E_PKG" "$TEST_BIN" -test.v=test2json \
+          -test.paniconexit0 -test.count=1 "-test.timeout=$test_timeout" -test.run "^${name}\$" \
+          "-bin-dir=$bin_dir" ) >> "$jsonl" 2>> "$stem.stderr" || rc_all=1
+      kill_strays
+      clean_pkg_dir
+    done
+    exit $rc_all
+  ) 2>> "$stem.stderr" &
+fi
 go_pid=$!
 trap 'kill "$go_pid" 2>/dev/null; exit 130' INT TERM
 wd_pid=""
 if [ "$stall_limit" != 0 ]; then
   printf '%s\n' $before_pids > "$stem.before-pids"
   python3 "$SCRIPT_DIR/e2e_watchdog.py" --jsonl "$jsonl" --pid "$go_pid" \
-    --server-exe "$server_real" --arg0 "$bin_dir/etcd" \
-    --tool "$(readlink -f "$REF_BIN/etcdctl")=$bin_dir/etcdctl" \
-    --tool "$(readlink -f "$REF_BIN/etcdutl")=$bin_dir/etcdutl" --before-pids "$stem.before-pids" --limit "$stall_limit" \
-    --log "$stem.watchdog" &
+    --server-exe "$server_real" --arg0 "$bin_dir/etcd" "${tools_args[@]}" \
+    --before-pids "$stem.before-pids" --limit "$stall_limit" --log "$stem.watchdog" &
   wd_pid=$!
 fi
 set +e
@@ -321,16 +419,9 @@ set -e
 t1=$(date +%s)
 clean_pkg_dir
 
-# Stray server processes left behind by this run (e.g. after a go test timeout): stop them,
-# one by one, by pid, so that the next run finds its ports free.
-after_pids="$(pids_of_server | sort)"
-stray="$(comm -13 <(printf '%s\n' "$before_pids") <(printf '%s\n' "$after_pids") | grep . || true)"
-if [ -n "$stray" ]; then
-  for p in $stray; do
-    echo "etcd-e2e-compat: killing a server process left by this run: $p $(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null | cut -c1-300)" >&2
-    kill -9 "$p" 2>/dev/null || true
-  done
-fi
+# Stray server processes left behind by this run (e.g. after a timeout): stop them, by pid,
+# so that the next run finds its ports free.
+kill_strays
 
 # Raw log: the plain test output (from the JSON stream) followed by go's stderr.
 python3 - "$jsonl" > "$log" <<'EOF'
@@ -366,14 +457,16 @@ rep_args=(--jsonl "$jsonl" --report "$report" --target "$target" --tiers-json "$
           --run-regex "$run_re" --command "$cmd_str" --started "$started"
           --wall-seconds "$(( t1 - t0 ))" --go-exit "$go_rc"
           --meta "server_binary=$server_src" --meta "log=$log" --meta "label=$label"
-          --meta "stall_limit_s=$stall_limit")
+          --meta "stall_limit_s=$stall_limit"
+          --meta "mode=$( [ "$single" = 1 ] && echo single-process || echo process-per-test)"
+          --meta "test_timeout=$test_timeout")
 [ -n "$expected" ] && rep_args+=(--expected "$expected")
 set +e
 python3 "$SCRIPT_DIR/e2e_report.py" "${rep_args[@]}"
 rep_rc=$?
 set -e
 echo "log: $log"
-echo "wall time: $(( t1 - t0 ))s (go test exit $go_rc)"
+echo "wall time: $(( t1 - t0 ))s (test run exit $go_rc)"
 
 if [ -n "$expected" ]; then
   exit "$rep_rc"
