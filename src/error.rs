@@ -41,6 +41,14 @@ pub enum EtcdError {
     Stopped,
     #[error("member not found")]
     MemberNotFound,
+    #[error("member ID already exist")]
+    MemberExists,
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("adding a voting member needs the peer transport")]
+    VoterAddUnsupported,
     #[error("requested lease not found")]
     LeaseNotFound,
     #[error("lease already exists")]

@@ -146,6 +146,12 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         }),
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
+        auth: Arc::new(api::auth::AuthConfig::new(
+            &cfg.auth_token,
+            cfg.bcrypt_cost,
+            cfg.auth_token_ttl,
+            cfg.client_tls.client_cert_auth,
+        )?),
     };
 
     let listen_plan = net::ListenPlan::new(&cfg)?;
@@ -167,6 +173,21 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             watch_progress_interval: Duration::from_millis(
                 cfg.experimental_watch_progress_notify_interval_ms,
             ),
+            initial_members: members
+                .iter()
+                .map(|(name, id, peer_urls)| coordinator::members::Member {
+                    id: *id,
+                    name: name.clone(),
+                    peer_urls: peer_urls.clone(),
+                    // Other members' client URLs arrive when they publish them (with peers).
+                    client_urls: if *id == metadata.member_id {
+                        ctx.member.client_urls.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    is_learner: false,
+                })
+                .collect(),
         },
     ));
     let mut handles = Vec::new();

@@ -5,6 +5,7 @@ use prost::Message;
 use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
+use super::auth::Credentials;
 use super::convert;
 use super::status::status;
 use super::Context;
@@ -53,6 +54,8 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = request.get_ref();
+        self.ctx.authorize_read(&request, &r.key, &r.range_end)?;
         let r = request.into_inner();
         let serializable = r.serializable;
         let req = convert::range_in(r).map_err(status)?;
@@ -77,10 +80,12 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let creds = Credentials::of(&request);
         let p = request.into_inner();
         let len = p.encoded_len();
         let req = convert::put_in(p).map_err(status)?;
-        let out = self.write(len, WriteRequest::Put(req)).await?;
+        let req = self.ctx.authorize_write(&creds, WriteRequest::Put(req))?;
+        let out = self.write(len, req).await?;
         let WriteResponse::Put(resp) = out.response else {
             unreachable!("a put answers with a put response")
         };
@@ -94,10 +99,14 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let creds = Credentials::of(&request);
         let d = request.into_inner();
         let len = d.encoded_len();
         let req = convert::delete_in(d).map_err(status)?;
-        let out = self.write(len, WriteRequest::DeleteRange(req)).await?;
+        let req = self
+            .ctx
+            .authorize_write(&creds, WriteRequest::DeleteRange(req))?;
+        let out = self.write(len, req).await?;
         let WriteResponse::DeleteRange(resp) = out.response else {
             unreachable!("a delete answers with a delete response")
         };
@@ -112,12 +121,16 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let creds = Credentials::of(&request);
         let t = request.into_inner();
         let len = t.encoded_len();
         let req = convert::txn_in(t, self.ctx.max_txn_ops).map_err(status)?;
         // A txn that only reads goes through the log as well (etcd answers it from a
-        // linearizable read view instead; same result, one more fsync here).
-        let out = self.write(len, WriteRequest::Txn(req)).await?;
+        // linearizable read view instead; same result, one more fsync here). Like etcd, it
+        // is not held to --max-request-bytes: that limit is for what gets written.
+        let len = if is_read_only(&req) { 0 } else { len };
+        let req = self.ctx.authorize_write(&creds, WriteRequest::Txn(req))?;
+        let out = self.write(len, req).await?;
         let WriteResponse::Txn(resp) = out.response else {
             unreachable!("a txn answers with a txn response")
         };
@@ -143,4 +156,12 @@ impl pb::kv_server::Kv for KvService {
             header: Some(self.ctx.header(out.revision)),
         }))
     }
+}
+
+fn is_read_only(t: &shards::TxnRequest) -> bool {
+    t.success.iter().chain(t.failure.iter()).all(|op| match op {
+        shards::RequestOp::Range(_) => true,
+        shards::RequestOp::Txn(inner) => is_read_only(inner),
+        _ => false,
+    })
 }

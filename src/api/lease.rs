@@ -24,6 +24,8 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        // A bad token fails any proposal (etcd resolves it for every raft request).
+        self.ctx.identify_request(&request)?;
         let r = request.into_inner();
         // etcd refuses an oversized TTL before proposing anything.
         if r.ttl > crate::coordinator::lease::LEASE_TTL_MAX_SECS {
@@ -53,13 +55,13 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let id = request.into_inner().id;
-        let out = self
-            .ctx
-            .coordinator
-            .propose(WriteRequest::LeaseRevoke { id })
-            .await
-            .map_err(status)?;
+        let id = request.get_ref().id;
+        // Write permission on every attached key is checked at apply, where the keys are.
+        let req = self.ctx.authorize_write(
+            &super::auth::Credentials::of(&request),
+            WriteRequest::LeaseRevoke { id },
+        )?;
+        let out = self.ctx.coordinator.propose(req).await.map_err(status)?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: Some(self.ctx.header(out.revision)),
         }))
@@ -114,17 +116,29 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let (store, ai) = self.ctx.identify_request(&request)?;
         let r = request.into_inner();
+        // With keys, every attached key needs read permission (etcd's checkLeaseTimeToLive).
+        let keys = r.keys || store.enabled();
         let info = self
             .ctx
             .coordinator
             .ask(|reply| CoordMsg::LeaseTimeToLive {
                 id: r.id,
-                keys: r.keys,
+                keys,
                 reply,
             })
             .await
             .map_err(status)?;
+        if r.keys {
+            if let Some(i) = &info {
+                for k in &i.keys {
+                    store
+                        .check_range(ai.as_ref(), k, &[], crate::coordinator::auth::Access::Read)
+                        .map_err(status)?;
+                }
+            }
+        }
         let header = Some(self.ctx.header(self.ctx.published.revision()));
         Ok(Response::new(match info {
             Some(i) => pb::LeaseTimeToLiveResponse {
@@ -132,7 +146,7 @@ impl pb::lease_server::Lease for LeaseService {
                 id: r.id,
                 ttl: i.remaining_secs,
                 granted_ttl: i.granted_ttl_secs,
-                keys: i.keys,
+                keys: if r.keys { i.keys } else { Vec::new() },
             },
             // etcd answers an unknown lease with TTL -1 rather than an error.
             None => pb::LeaseTimeToLiveResponse {

@@ -129,8 +129,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.ctx.require_admin(&request)?;
         // Nothing to do: compaction frees shard memory and rewrites segments incrementally,
         // so there is never fragmentation to reclaim in one stop-the-world pass.
         Ok(Response::new(pb::DefragmentResponse {
@@ -140,8 +141,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        self.ctx.require_admin(&request)?;
         Err(unimplemented("Hash"))
     }
 
@@ -149,6 +151,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.ctx.require_admin(&request)?;
         let r = request.into_inner();
         let current = self.ctx.published.revision();
         let compact = self.ctx.published.compact_revision();
@@ -184,8 +187,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.ctx.require_admin(&request)?;
         Err(unimplemented("Snapshot"))
     }
 
@@ -208,26 +212,77 @@ pub struct ClusterService {
     pub ctx: Context,
 }
 
-impl ClusterService {
-    fn me(&self) -> pb::Member {
-        let m = &self.ctx.member;
-        pb::Member {
-            id: m.member_id,
-            name: m.name.clone(),
-            peer_ur_ls: m.peer_urls.clone(),
-            client_ur_ls: m.client_urls.clone(),
-            is_learner: false,
+fn member_out(m: crate::coordinator::members::Member) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
+fn members_out(out: &crate::coordinator::WriteOutcome) -> Vec<pb::Member> {
+    match &out.response {
+        WriteResponse::Members(ms) => ms.iter().cloned().map(member_out).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Peer URLs as etcd accepts them in member add/update: absolute http(s) URLs.
+fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
+    for u in urls {
+        let ok = (u.starts_with("http://") || u.starts_with("https://"))
+            && crate::config::Url::parse(u).is_ok();
+        if !ok {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: invalid peer URL {u:?}"
+            )));
         }
     }
+    Ok(())
 }
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn member_add(
         &self,
-        _request: Request<pb::MemberAddRequest>,
+        request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(unimplemented("MemberAdd"))
+        let r = request.into_inner();
+        check_peer_urls(&r.peer_ur_ls)?;
+        if !r.is_learner {
+            return Err(status(EtcdError::VoterAddUnsupported));
+        }
+        // etcd's ID for an added member: its peer URLs, no cluster token, and the time.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let id = crate::ids::member_id(&r.peer_ur_ls, "", Some(now));
+        let out = self
+            .ctx
+            .coordinator
+            .propose(WriteRequest::MemberAdd(
+                crate::coordinator::codec::MemberAddRequest {
+                    id,
+                    peer_urls: r.peer_ur_ls.clone(),
+                    is_learner: r.is_learner,
+                },
+            ))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.ctx.header(out.revision)),
+            member: Some(pb::Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: r.peer_ur_ls,
+                client_ur_ls: Vec::new(),
+                is_learner: r.is_learner,
+            }),
+            members: members_out(&out),
+        }))
     }
 
     async fn member_remove(
@@ -239,9 +294,23 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _request: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(unimplemented("MemberUpdate"))
+        let r = request.into_inner();
+        check_peer_urls(&r.peer_ur_ls)?;
+        let out = self
+            .ctx
+            .coordinator
+            .propose(WriteRequest::MemberUpdate {
+                id: r.id,
+                peer_urls: r.peer_ur_ls,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: Some(self.ctx.header(out.revision)),
+            members: members_out(&out),
+        }))
     }
 
     async fn member_list(
@@ -251,16 +320,37 @@ impl pb::cluster_server::Cluster for ClusterService {
         if request.into_inner().linearizable {
             self.ctx.coordinator.read_index().await.map_err(status)?;
         }
+        let members = self
+            .ctx
+            .coordinator
+            .ask(|reply| CoordMsg::MemberList { reply })
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::MemberListResponse {
             header: Some(self.ctx.header(self.ctx.published.revision())),
-            members: vec![self.me()],
+            members: members.into_iter().map(member_out).collect(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _request: Request<pb::MemberPromoteRequest>,
+        request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(unimplemented("MemberPromote"))
+        let id = request.into_inner().id;
+        let members = self
+            .ctx
+            .coordinator
+            .ask(|reply| CoordMsg::MemberList { reply })
+            .await
+            .map_err(status)?;
+        match members.iter().find(|m| m.id == id) {
+            None => Err(status(EtcdError::MemberNotFound)),
+            // Without a peer transport no learner ever catches up, which is etcd's own
+            // reason to refuse a promotion.
+            Some(m) if m.is_learner => Err(status(EtcdError::LearnerNotReady)),
+            Some(_) => Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member",
+            )),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The client-facing API: gRPC services and HTTP endpoints. The only code that knows protobuf
 //! and HTTP types; everything below it speaks plain Rust.
 
+pub mod auth;
 pub mod convert;
 pub mod election;
 pub mod http;
@@ -38,6 +39,8 @@ pub struct Context {
     pub member: Arc<MemberInfo>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// Token provider, bcrypt cost and whether client certificates name users.
+    pub auth: Arc<auth::AuthConfig>,
 }
 
 impl Context {

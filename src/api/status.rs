@@ -41,6 +41,18 @@ pub fn code_and_message(e: &EtcdError) -> (Code, &'static str) {
         Timeout => (Code::Unavailable, "etcdserver: request timed out"),
         Stopped => (Code::Unavailable, "etcdserver: server stopped"),
         MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
+        MemberExists => (Code::FailedPrecondition, "etcdserver: member ID already exist"),
+        PeerUrlExists => (Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
+        LearnerNotReady => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
+        // Not an etcd error: rusd cannot yet run a second voter, and saying so beats
+        // accepting a member that could never join and would cost the cluster its quorum.
+        VoterAddUnsupported => (
+            Code::FailedPrecondition,
+            "rusd: adding a voting member needs the peer transport, which is not built yet; add it as a learner",
+        ),
         LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
         LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
         LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
@@ -182,6 +194,27 @@ mod tests {
                 MemberNotFound,
                 Code::NotFound,
                 "etcdserver: member not found",
+            ),
+            (
+                MemberExists,
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            (
+                PeerUrlExists,
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                LearnerNotReady,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            // rusd's own row (etcd has no such refusal).
+            (
+                VoterAddUnsupported,
+                Code::FailedPrecondition,
+                "rusd: adding a voting member needs the peer transport, which is not built yet; add it as a learner",
             ),
             (
                 LeaseNotFound,

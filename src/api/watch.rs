@@ -104,6 +104,51 @@ fn response_out(ctx: &Context, out: WatchOut) -> pb::WatchResponse {
     r
 }
 
+/// etcd's isWatchPermitted: read permission on the watched range (a from-key watch checks its
+/// start key only, as etcd's normalization leaves it). A refused create answers watch ID -1,
+/// created and canceled, with the reason.
+async fn watch_permitted(
+    ctx: &Context,
+    creds: &super::auth::Credentials,
+    c: &pb::WatchCreateRequest,
+    out: &flume::Sender<WatchOut>,
+) -> bool {
+    let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+    let range_end: &[u8] = if c.range_end.as_ref() == [0] {
+        &[]
+    } else {
+        &c.range_end
+    };
+    let err = match ctx.identify(creds) {
+        Err(s) => s,
+        Ok((store, ai)) => {
+            match store.check_range(
+                ai.as_ref(),
+                key,
+                range_end,
+                crate::coordinator::auth::Access::Read,
+            ) {
+                Ok(()) => return true,
+                Err(e) => status(e),
+            }
+        }
+    };
+    let reason = match err.message() {
+        "etcdserver: invalid auth token" => "etcdserver: invalid auth token",
+        "etcdserver: revision of auth store is old" => "etcdserver: revision of auth store is old",
+        "etcdserver: user name is empty" => "etcdserver: user name is empty",
+        _ => "etcdserver: permission denied",
+    };
+    let _ = out
+        .send_async(WatchOut::CreateRefused {
+            watch_id: -1,
+            revision: ctx.published.revision(),
+            reason,
+        })
+        .await;
+    false
+}
+
 #[tonic::async_trait]
 impl pb::watch_server::Watch for WatchService {
     type WatchStream = WatchStream;
@@ -113,6 +158,7 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         require_leader(&self.ctx, &request)?;
+        let creds = super::auth::Credentials::of(&request);
         let mut incoming = request.into_inner();
         let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
         let (out_tx, out_rx) = flume::bounded::<WatchOut>(WATCH_OUTBOX_MAX);
@@ -122,6 +168,11 @@ impl pb::watch_server::Watch for WatchService {
             let send = |m: WatchMsg| ctx.coordinator.send(CoordMsg::Watch(m));
             while let Ok(Some(req)) = incoming.message().await {
                 let msg = match req.request_union {
+                    Some(RequestUnion::CreateRequest(c))
+                        if !watch_permitted(&ctx, &creds, &c, &out_tx).await =>
+                    {
+                        continue
+                    }
                     Some(RequestUnion::CreateRequest(c)) => WatchMsg::Create {
                         stream,
                         req: WatchCreate {

@@ -612,15 +612,13 @@ const TOKEN_SWEEP_AT: usize = 4096;
 
 /// etcd's simple-token table: member-local, TTL refreshed on every use.
 pub struct TokenTable {
-    ttl: Duration,
     tokens: HashMap<String, TokenEntry>,
     next_index: u64,
 }
 
 impl TokenTable {
-    fn new(ttl: Duration) -> Self {
+    fn new() -> Self {
         TokenTable {
-            ttl,
             tokens: HashMap::new(),
             next_index: 1,
         }
@@ -638,7 +636,7 @@ impl Default for AuthShared {
     fn default() -> Self {
         AuthShared {
             snapshot: RwLock::new(Arc::new(AuthStore::default())),
-            tokens: Mutex::new(TokenTable::new(Duration::from_secs(300))),
+            tokens: Mutex::new(TokenTable::new()),
         }
     }
 }
@@ -662,12 +660,8 @@ impl AuthShared {
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = store;
     }
 
-    pub fn set_token_ttl(&self, ttl: Duration) {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).ttl = ttl;
-    }
-
     /// A fresh simple token for `user`: etcd's shape, 16 random letters, a dot, a counter.
-    pub fn assign_simple_token(&self, user: &str) -> String {
+    pub fn assign_simple_token(&self, user: &str, ttl: Duration) -> String {
         use rand::Rng;
         const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
         let mut rng = rand::thread_rng();
@@ -681,7 +675,7 @@ impl AuthShared {
         }
         let token = format!("{prefix}.{}", t.next_index);
         t.next_index += 1;
-        let expires = now + t.ttl;
+        let expires = now + ttl;
         t.tokens.insert(
             token.clone(),
             TokenEntry {
@@ -693,10 +687,9 @@ impl AuthShared {
     }
 
     /// The user of a live simple token; refreshes its TTL.
-    pub fn simple_token_user(&self, token: &str) -> Option<String> {
+    pub fn simple_token_user(&self, token: &str, ttl: Duration) -> Option<String> {
         let now = Instant::now();
         let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let ttl = t.ttl;
         match t.tokens.get_mut(token) {
             Some(e) if e.expires > now => {
                 e.expires = now + ttl;
@@ -898,12 +891,13 @@ mod tests {
             .unwrap();
         assert!(!s.has_role("u", "r"));
         let shared = AuthShared::default();
-        let t = shared.assign_simple_token("u");
-        assert_eq!(shared.simple_token_user(&t).as_deref(), Some("u"));
+        let ttl = Duration::from_secs(300);
+        let t = shared.assign_simple_token("u", ttl);
+        assert_eq!(shared.simple_token_user(&t, ttl).as_deref(), Some("u"));
         let eff = s
             .apply(AuthRequest::UserDelete { name: "u".into() })
             .unwrap();
         shared.apply_token_effect(eff);
-        assert_eq!(shared.simple_token_user(&t), None);
+        assert_eq!(shared.simple_token_user(&t, ttl), None);
     }
 }

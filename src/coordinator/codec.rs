@@ -34,6 +34,11 @@ pub enum WriteRequest {
         member_id: u64,
         alarm: AlarmKind,
     },
+    MemberAdd(MemberAddRequest),
+    MemberUpdate {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
     /// A change to users, roles or the auth flag (see `coordinator::auth`).
     Auth(AuthRequest),
     /// A request sent by an authenticated user: apply re-checks its permissions against the
@@ -42,6 +47,14 @@ pub enum WriteRequest {
         info: AuthInfo,
         req: Box<WriteRequest>,
     },
+}
+
+/// A member to add: etcd's MemberAdd after its ID was chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberAddRequest {
+    pub id: u64,
+    pub peer_urls: Vec<String>,
+    pub is_learner: bool,
 }
 
 /// etcd's alarm types (AlarmType in rpc.proto: NOSPACE = 1, CORRUPT = 2).
@@ -66,6 +79,8 @@ const TAG_RANGE: u8 = 5;
 const TAG_LEASE_GRANT: u8 = 6;
 const TAG_LEASE_REVOKE: u8 = 7;
 const TAG_ALARM: u8 = 8;
+const TAG_MEMBER_ADD: u8 = 30;
+const TAG_MEMBER_UPDATE: u8 = 31;
 const TAG_AUTH: u8 = 20;
 const TAG_AUTHED: u8 = 21;
 
@@ -110,6 +125,17 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
                 AlarmKind::NoSpace => 1,
                 AlarmKind::Corrupt => 2,
             });
+        }
+        WriteRequest::MemberAdd(m) => {
+            out.put_u8(TAG_MEMBER_ADD);
+            out.put_u64_le(m.id);
+            out.put_u8(u8::from(m.is_learner));
+            put_strings(&mut out, &m.peer_urls);
+        }
+        WriteRequest::MemberUpdate { id, peer_urls } => {
+            out.put_u8(TAG_MEMBER_UPDATE);
+            out.put_u64_le(*id);
+            put_strings(&mut out, peer_urls);
         }
         WriteRequest::Auth(a) => {
             out.put_u8(TAG_AUTH);
@@ -160,6 +186,28 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
                 activate,
                 member_id,
                 alarm,
+            }
+        }
+        TAG_MEMBER_ADD => {
+            if buf.remaining() < 9 {
+                return Err(DecodeError("truncated member add"));
+            }
+            let id = buf.get_u64_le();
+            let is_learner = buf.get_u8() != 0;
+            WriteRequest::MemberAdd(MemberAddRequest {
+                id,
+                peer_urls: get_strings(&mut buf)?,
+                is_learner,
+            })
+        }
+        TAG_MEMBER_UPDATE => {
+            if buf.remaining() < 8 {
+                return Err(DecodeError("truncated member update"));
+            }
+            let id = buf.get_u64_le();
+            WriteRequest::MemberUpdate {
+                id,
+                peer_urls: get_strings(&mut buf)?,
             }
         }
         TAG_AUTH => WriteRequest::Auth(get_auth(&mut buf)?),
@@ -236,6 +284,25 @@ fn get_bytes(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
         return Err(DecodeError("truncated bytes"));
     }
     Ok(buf.split_to(len as usize))
+}
+
+fn put_strings(out: &mut BytesMut, strings: &[String]) {
+    put_varint(out, strings.len() as u64);
+    for s in strings {
+        put_bytes(out, s.as_bytes());
+    }
+}
+
+fn get_strings(buf: &mut Bytes) -> Result<Vec<String>, DecodeError> {
+    let n = get_varint(buf)?;
+    if n > buf.remaining() as u64 {
+        return Err(DecodeError("string count exceeds entry"));
+    }
+    (0..n)
+        .map(|_| {
+            String::from_utf8(get_bytes(buf)?.to_vec()).map_err(|_| DecodeError("non-UTF-8 URL"))
+        })
+        .collect()
 }
 
 fn get_u8(buf: &mut Bytes) -> Result<u8, DecodeError> {
@@ -741,6 +808,15 @@ mod tests {
                 activate: true,
                 member_id: u64::MAX,
                 alarm: AlarmKind::NoSpace,
+            },
+            WriteRequest::MemberAdd(MemberAddRequest {
+                id: 7,
+                peer_urls: vec!["http://a:1".into(), "http://b:2".into()],
+                is_learner: true,
+            }),
+            WriteRequest::MemberUpdate {
+                id: 9,
+                peer_urls: vec![],
             },
         ] {
             let bytes = encode(99, &req);

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod codec;
 pub mod lease;
+pub mod members;
 pub mod wal;
 pub mod watch;
 
@@ -93,6 +94,16 @@ pub enum WriteResponse {
     },
     /// An auth mutation was applied.
     Auth,
+    /// The membership after a member change.
+    Members(Vec<members::Member>),
+}
+
+fn member_error(e: members::MemberError) -> EtcdError {
+    match e {
+        members::MemberError::IdExists => EtcdError::MemberExists,
+        members::MemberError::PeerUrlExists => EtcdError::PeerUrlExists,
+        members::MemberError::NotFound => EtcdError::MemberNotFound,
+    }
 }
 
 /// What LeaseTimeToLive reports.
@@ -137,6 +148,9 @@ pub enum CoordMsg {
     },
     AlarmList {
         reply: oneshot::Sender<Vec<(u64, AlarmKind)>>,
+    },
+    MemberList {
+        reply: oneshot::Sender<Vec<members::Member>>,
     },
     Watch(watch::WatchMsg),
 }
@@ -197,6 +211,8 @@ pub struct CoordinatorConfig {
     pub watch_progress_interval: Duration,
     /// --quota-backend-bytes, resolved (etcd's 2 GiB default for 0).
     pub quota_bytes: i64,
+    /// The members of --initial-cluster (this one with its client URLs).
+    pub initial_members: Vec<members::Member>,
 }
 
 pub struct Coordinator {
@@ -228,6 +244,7 @@ pub struct Coordinator {
     watch_progress_interval: Duration,
     next_watch_progress: Instant,
     alarms: std::collections::BTreeSet<(u64, AlarmKind)>,
+    members: members::Members,
     quota_bytes: i64,
     /// When the db size was last read from the shards, and whether anything was applied since.
     db_size_read_at: Instant,
@@ -305,6 +322,7 @@ impl Coordinator {
             watch_progress_interval: cfg.watch_progress_interval,
             next_watch_progress: Instant::now() + cfg.watch_progress_interval,
             alarms: Default::default(),
+            members: members::Members::new(cfg.initial_members),
             quota_bytes: cfg.quota_bytes,
             db_size_read_at: Instant::now(),
             db_size_stale: true,
@@ -395,6 +413,9 @@ impl Coordinator {
             }
             CoordMsg::LeaseLeases { reply } => {
                 let _ = reply.send(self.leases.ids());
+            }
+            CoordMsg::MemberList { reply } => {
+                let _ = reply.send(self.members.list());
             }
             CoordMsg::AlarmList { reply } => {
                 let _ = reply.send(self.alarms.iter().copied().collect());
@@ -560,6 +581,33 @@ impl Coordinator {
             .store(self.node.raft.raft_log.committed, Ordering::Release);
         self.release_reads();
         Ok(())
+    }
+
+    /// Adds a learner: raft replicates to it without counting it in the quorum. Voters are
+    /// refused before proposing (see api::maintenance) until the peer transport exists.
+    fn add_member(&mut self, m: codec::MemberAddRequest) -> Result<WriteResponse, EtcdError> {
+        self.members
+            .add(members::Member {
+                id: m.id,
+                name: String::new(),
+                peer_urls: m.peer_urls,
+                client_urls: Vec::new(),
+                is_learner: m.is_learner,
+            })
+            .map_err(member_error)?;
+        let mut cc = raft::eraftpb::ConfChange::default();
+        cc.set_change_type(if m.is_learner {
+            raft::eraftpb::ConfChangeType::AddLearnerNode
+        } else {
+            raft::eraftpb::ConfChangeType::AddNode
+        });
+        cc.node_id = m.id;
+        let cs = self
+            .node
+            .apply_conf_change(&cc)
+            .expect("adding a new node id to the configuration cannot fail");
+        self.node.mut_store().wl().set_conf_state(cs);
+        Ok(WriteResponse::Members(self.members.list()))
     }
 
     /// Re-reads the store size from the shards after writes, at most every
@@ -735,6 +783,12 @@ impl Coordinator {
                     Err(lease::GrantError::NoId) => Err(EtcdError::LeaseNotFound),
                 }
             }
+            WriteRequest::MemberAdd(m) => self.add_member(m),
+            WriteRequest::MemberUpdate { id, peer_urls } => self
+                .members
+                .update_peer_urls(id, peer_urls)
+                .map(|()| WriteResponse::Members(self.members.list()))
+                .map_err(member_error),
             WriteRequest::Alarm {
                 activate,
                 member_id,

@@ -1,0 +1,101 @@
+//! Cluster membership as the coordinator knows it: every member's name, URLs and learner flag,
+//! seeded from --initial-cluster and changed only by applied raft entries.
+
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Members {
+    by_id: BTreeMap<u64, Member>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberError {
+    IdExists,
+    PeerUrlExists,
+    NotFound,
+}
+
+impl Members {
+    pub fn new(initial: Vec<Member>) -> Self {
+        Members {
+            by_id: initial.into_iter().map(|m| (m.id, m)).collect(),
+        }
+    }
+
+    pub fn list(&self) -> Vec<Member> {
+        self.by_id.values().cloned().collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Member> {
+        self.by_id.get(&id)
+    }
+
+    fn url_taken(&self, urls: &[String], except: Option<u64>) -> bool {
+        self.by_id
+            .values()
+            .filter(|m| Some(m.id) != except)
+            .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+    }
+
+    pub fn add(&mut self, m: Member) -> Result<(), MemberError> {
+        if self.by_id.contains_key(&m.id) {
+            return Err(MemberError::IdExists);
+        }
+        if self.url_taken(&m.peer_urls, None) {
+            return Err(MemberError::PeerUrlExists);
+        }
+        self.by_id.insert(m.id, m);
+        Ok(())
+    }
+
+    pub fn update_peer_urls(&mut self, id: u64, peer_urls: Vec<String>) -> Result<(), MemberError> {
+        if !self.by_id.contains_key(&id) {
+            return Err(MemberError::NotFound);
+        }
+        if self.url_taken(&peer_urls, Some(id)) {
+            return Err(MemberError::PeerUrlExists);
+        }
+        self.by_id.get_mut(&id).expect("checked").peer_urls = peer_urls;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: u64, url: &str) -> Member {
+        Member {
+            id,
+            name: String::new(),
+            peer_urls: vec![url.to_string()],
+            client_urls: vec![],
+            is_learner: false,
+        }
+    }
+
+    #[test]
+    fn peer_urls_are_unique_and_updates_need_a_member() {
+        let mut ms = Members::new(vec![m(1, "http://a:1")]);
+        assert_eq!(ms.add(m(2, "http://a:1")), Err(MemberError::PeerUrlExists));
+        assert_eq!(ms.add(m(1, "http://b:1")), Err(MemberError::IdExists));
+        ms.add(m(2, "http://b:1")).unwrap();
+        assert_eq!(
+            ms.update_peer_urls(2, vec!["http://a:1".into()]),
+            Err(MemberError::PeerUrlExists)
+        );
+        ms.update_peer_urls(1, vec!["http://a:1".into(), "http://c:1".into()])
+            .unwrap();
+        assert_eq!(ms.update_peer_urls(9, vec![]), Err(MemberError::NotFound));
+        assert_eq!(ms.list().len(), 2);
+    }
+}
