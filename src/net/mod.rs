@@ -217,6 +217,7 @@ pub async fn serve(listener: Listener, serving: Rc<Serving>) {
                         .peer_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_default();
+                    log_debug!("accepted a client connection", "remote-addr" => remote.clone());
                     glommio::spawn_local(connection(stream, remote, serving.clone())).detach();
                 }
                 Err(e) => accept_failed(e.into()).await,
@@ -304,7 +305,14 @@ where
     let result = timeout(HANDSHAKE_TIMEOUT, handshake).await;
     match result {
         Some(Ok(tls_stream)) => {
-            let cn = tls::peer_common_name(tls_stream.get_ref().1);
+            let conn = tls_stream.get_ref().1;
+            let cn = tls::peer_common_name(conn);
+            log_debug!(
+                "TLS handshake done",
+                "remote-addr" => remote.as_str(),
+                "version" => format!("{:?}", conn.protocol_version()),
+                "alpn" => String::from_utf8_lossy(conn.alpn_protocol().unwrap_or_default()).to_string()
+            );
             serve_http(tls_stream, cn, &serving).await;
         }
         Some(Err(e)) => rejected(&remote, &server_name, &e.to_string()),
