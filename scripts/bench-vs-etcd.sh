@@ -14,6 +14,8 @@
 #   --mem-keys N         keys loaded for memory/recovery (default 1000000; 100000 with --quick)
 #   --mem-runs N         loads per server for memory (default 1: loading 1M keys takes minutes);
 #                        recovery restarts the last load's data dir R times, alternating
+#   --retries N          re-run a run whose benchmark stalled (no progress for STALL_S=30 s)
+#                        up to N times (default 1); the stall is kept and reported
 #   --data-root DIR      where the fresh data dirs go (default /var/tmp/rusd-bench; must be
 #                        on a real disk: tmpfs/ramfs are refused)
 #   --results DIR        raw outputs (default DATA_ROOT/results-<date>)
@@ -40,6 +42,7 @@ workloads="put-1,put-1000,txn-put,range-l,range-s,watch-lat,lease-ka,memory,reco
 scale=1
 mem_keys=""
 mem_runs=1
+retries=1
 data_root=/var/tmp/rusd-bench
 results=""
 out="$repo/docs/benchmarks.md"
@@ -47,7 +50,7 @@ rusd_bin=""
 build=1
 report_only=""
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench-vs-etcd: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
@@ -64,6 +67,8 @@ while [ $# -gt 0 ]; do
     --mem-keys=*) mem_keys="${1#*=}" ;;
     --mem-runs) mem_runs="$2"; shift ;;
     --mem-runs=*) mem_runs="${1#*=}" ;;
+    --retries) retries="$2"; shift ;;
+    --retries=*) retries="${1#*=}" ;;
     --data-root) data_root="$2"; shift ;;
     --data-root=*) data_root="${1#*=}" ;;
     --results) results="$2"; shift ;;
@@ -136,6 +141,7 @@ fi
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
 [[ "$mem_keys" =~ ^[1-9][0-9]*$ ]] || die "--mem-keys must be a positive integer"
 [[ "$mem_runs" =~ ^[1-9][0-9]*$ ]] || die "--mem-runs must be a positive integer"
+[[ "$retries" =~ ^[0-9]+$ ]] || die "--retries must be a non-negative integer"
 
 # ---------------------------------------------------------------------------------------------
 # tools, binaries, directories
@@ -293,6 +299,7 @@ progress_of() { tail -c 300 "$1" 2>/dev/null | tr '\r' '\n' | grep -o '[0-9]\+ /
 bench() {
   local base="$1"; shift
   local rc=0 last="" same=0 now
+  rm -f "$base.stalled"
   "${BENCH[@]}" "$@" >"$base.out" 2>"$base.err" &
   local bpid=$!
   while kill -0 "$bpid" 2>/dev/null; do
@@ -380,10 +387,17 @@ PUT_COMMON=(--key-size=8 --val-size=256 --key-space-size=100000)
 w_simple() { # W S REP ARGS...
   local w="$1" s="$2" rep="$3"; shift 3
   begin "$w" "$s" "$rep" || return 0
+  if [ "$w" = put-1 ]; then
+    # the disk's fdatasync latency right now, next to the fsync-bound put-1 figure
+    python3 "$helper" fsync "$work" --n 500 --out "$results/$w/fsync-$s-$rep.json" >/dev/null
+  fi
   record_cmd "$w" "$@"
   local rc=0
   bench "$results/$w/$s-$rep" "$@" || rc=$?
   check_bench "$w" "$s" "$rep" "$rc"
+  if [ "$w" = put-1 ]; then
+    python3 "$helper" fsync "$work" --n 500 --out "$results/$w/fsync-$s-$rep-after.json" >/dev/null
+  fi
   end_session
 }
 
@@ -567,11 +581,30 @@ log "results: $results   data dirs: $work ($fstype)   mode: $mode, R=$runs"
 log "fdatasync probe on $work"
 python3 "$helper" fsync "$work" --n 500 --out "$results/fsync.json" >&2
 
+# with_retry FN S REP ARGS...: one session; if it stalled (see bench), keep its outcome as
+# S-REP.attemptN.failed and run it again, up to $retries times.
+with_retry() {
+  local fn="$1" s="$2" rep="$3"; shift 3
+  local attempt=0 f stalled
+  while :; do
+    touch "$results/.mark"
+    "$fn" "$s" "$rep" "$@"
+    stalled=()
+    while IFS= read -r f; do
+      grep -q 'stall' "$f" && stalled+=("$f")
+    done < <(find "$results" -name "$s-$rep.failed" -newer "$results/.mark")
+    [ ${#stalled[@]} -gt 0 ] && [ $attempt -lt "$retries" ] || break
+    attempt=$((attempt + 1))
+    for f in "${stalled[@]}"; do mv "$f" "${f%.failed}.attempt$attempt.failed"; done
+    log "  $s #$rep stalled; retrying (attempt $((attempt + 1)))"
+  done
+}
+
 each() { # FN ARGS...: R alternating runs: rusd etcd rusd etcd ...
   local fn="$1"; shift
   local rep s
   for rep in $(seq 1 "$runs"); do
-    for s in rusd etcd; do "$fn" "$s" "$rep" "$@"; done
+    for s in rusd etcd; do with_retry "$fn" "$s" "$rep" "$@"; done
   done
 }
 simple() { local s="$1" rep="$2" w="$3"; shift 3; w_simple "$w" "$s" "$rep" "$@"; }
@@ -608,7 +641,7 @@ if has memory || has recovery; then
       # only the last load's data dirs are kept for the recovery runs
       [ -n "${MEM_DIR[$s]:-}" ] && rm -rf "${MEM_DIR[$s]}"
       MEM_DIR[$s]=""
-      memory_load "$s" "$rep"
+      with_retry memory_load "$s" "$rep"
     done
   done
   if has recovery; then

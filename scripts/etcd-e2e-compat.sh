@@ -220,9 +220,9 @@ export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
 TEST_BIN="$E2E_MOD/e2e.test"
 TEST2JSON="$E2E_MOD/test2json"
 echo "etcd-e2e-compat: compiling the e2e suite ..." >&2
-( cd "$E2E_MOD" && go test -c -o "$TEST_BIN.tmp" "$E2E_PKG" ) > "$E2E_MOD/compile.log" 2>&1 \
-  || { cat "$E2E_MOD/compile.log" >&2; die "cannot compile $E2E_PKG"; }
-mv -f "$TEST_BIN.tmp" "$TEST_BIN"
+( cd "$E2E_MOD" && go test -c -o "$TEST_BIN.tmp.$$" "$E2E_PKG" ) > "$E2E_MOD/compile.$$.log" 2>&1 \
+  || { cat "$E2E_MOD/compile.$$.log" >&2; die "cannot compile $E2E_PKG"; }
+mv -f "$TEST_BIN.tmp.$$" "$TEST_BIN"; rm -f "$E2E_MOD/compile.$$.log"
 if ! [ -x "$TEST2JSON" ] || [ "$(cat "$TEST2JSON.stamp" 2>/dev/null)" != "$(go env GOVERSION)" ]; then
   ( cd "$E2E_MOD" && GOFLAGS= go build -o "$TEST2JSON" cmd/test2json ) || die "cannot build cmd/test2json"
   go env GOVERSION > "$TEST2JSON.stamp"
@@ -231,8 +231,8 @@ fi
 TEST_LIST="$E2E_MOD/tests.list"
 { echo "# $(go env GOVERSION) $ETCD_VERSION"
   ( cd "$SRC/tests/e2e" && "$TEST_BIN" -test.list '.*' ) | grep -E '^(Test|Example|Benchmark|Fuzz)'
-} > "$TEST_LIST.tmp" || die "cannot list the tests of $TEST_BIN"
-mv -f "$TEST_LIST.tmp" "$TEST_LIST"
+} > "$TEST_LIST.tmp.$$" || die "cannot list the tests of $TEST_BIN"
+mv -f "$TEST_LIST.tmp.$$" "$TEST_LIST"
 
 selected="$(grep -v '^#' "$TEST_LIST" | grep -E '^Test' | grep -E -- "$run_re" || true)"
 n_selected=$(printf '%s' "$selected" | grep -c . || true)
@@ -301,10 +301,9 @@ server_real="$(readlink -f "$server")"
 # Server processes of this run: the binary is $server_real AND it was started as
 # $bin_dir/etcd (argv[0]), so processes of other people's runs are never touched.
 pids_of_server() {
-  local p exe arg0
+  local p arg0
   for p in /proc/[0-9]*; do
-    exe="$(readlink "$p/exe" 2>/dev/null || true)"
-    [ "$exe" = "$server_real" ] || continue
+    [[ "$p/exe" -ef "$server_real" ]] 2>/dev/null || continue   # builtin: no fork per pid
     arg0="$(tr '\0' '\n' < "$p/cmdline" 2>/dev/null | head -n 1 || true)"
     case "$arg0" in "$bin_dir/etcd"|"$bin_dir/etcd-last-release") echo "${p#/proc/}" ;; esac
   done
