@@ -262,10 +262,22 @@ impl Server {
         if is_etcd {
             // The reference etcd also listens for peers: give it a free port of its own
             // unless the test chose its peer URLs.
-            if !self.opts.args.iter().any(|a| a.contains("peer-urls")) {
+            if !self
+                .opts
+                .args
+                .iter()
+                .any(|a| a.contains("listen-peer-urls"))
+            {
                 let peer = format!("http://127.0.0.1:{}", free_port());
                 cmd.args(["--listen-peer-urls", &peer]);
-                cmd.args(["--initial-advertise-peer-urls", "http://localhost:2380"]);
+                if !self
+                    .opts
+                    .args
+                    .iter()
+                    .any(|a| a.contains("advertise-peer-urls"))
+                {
+                    cmd.args(["--initial-advertise-peer-urls", "http://localhost:2380"]);
+                }
             }
         } else {
             cmd.arg("--shards").arg(self.opts.shards.to_string());
@@ -274,6 +286,16 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // If the test process dies without dropping the Server (abort, SIGKILL), the server
+        // goes with it. (Servers are started and dropped on the test's own thread.)
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         cmd
     }
 
@@ -345,6 +367,12 @@ impl Server {
         }
     }
 
+    /// Starts the (stopped) server again; `Err` with the log if it does not serve.
+    pub fn try_restart(&mut self) -> Result<(), StartFailure> {
+        self.kill();
+        self.try_spawn()
+    }
+
     /// Starts the stopped server again and expects it to fail; returns how it failed.
     pub fn restart_expecting_failure(&mut self) -> StartFailure {
         self.kill();
@@ -362,6 +390,28 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the process to exit; returns its status, or
+    /// `None` if it did not exit in time (it is SIGKILLed then).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
