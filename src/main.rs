@@ -255,12 +255,27 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
 
     // Wait for the member to serve (or fail) before announcing readiness.
     let ready = std::thread::spawn(move || futures::executor::block_on(serving_rx).is_ok());
+    let waiting_since = std::time::Instant::now();
+    let mut next_report = Duration::from_secs(5);
     loop {
         if let Ok(msg) = fatal_rx.try_recv() {
             anyhow::bail!("{msg}");
         }
         if ready.is_finished() {
             break;
+        }
+        if waiting_since.elapsed() >= next_report {
+            // A member that cannot serve says why it waits, instead of staying silent.
+            use std::sync::atomic::Ordering::Acquire;
+            log_warn!(
+                "still waiting for this member to serve",
+                "waited-seconds" => waiting_since.elapsed().as_secs(),
+                "leader" => ids::format_id(published.leader()),
+                "raft-term" => published.raft_term(),
+                "committed-index" => published.committed_index.load(Acquire),
+                "applied-index" => published.applied_index.load(Acquire)
+            );
+            next_report *= 2;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
