@@ -611,7 +611,6 @@ const NE_DISC: Option<&str> = Some("discovery (v2 discovery service, DNS SRV) no
 const NE_TRACE: Option<&str> = Some("OpenTelemetry tracing not implemented");
 const NE_EXP: Option<&str> = Some("experimental etcd feature not implemented yet");
 const NE_IGN: Option<&str> = Some("obsolete flag, ignored by etcd too");
-const NE_AUTH: Option<&str> = Some("auth arrives later");
 const NE_GRPC: Option<&str> = Some("gRPC keepalive/transport tuning not applied yet");
 const NE_LATER: Option<&str> = Some("not implemented yet");
 
@@ -698,9 +697,9 @@ pub static FLAGS: &[FlagSpec] = &[
     f("cors", Cors, "*", G_SEC, "Allowed CORS origins (* = all).", NE_LATER),
     f("host-whitelist", UniqueStrings, "*", G_SEC, "Accepted Host headers on insecure HTTP (* = all).", NE_LATER),
     // auth
-    f("auth-token", Str, "simple", G_AUTH, "Auth token type and options: simple, or jwt,pub-key=..,priv-key=..,sign-method=..", NE_AUTH),
-    f("bcrypt-cost", Uint, "10", G_AUTH, "bcrypt cost for password hashes (4..31).", NE_AUTH),
-    f("auth-token-ttl", Uint, "300", G_AUTH, "Lifetime of simple tokens in seconds.", NE_AUTH),
+    f("auth-token", Str, "simple", G_AUTH, "Auth token type and options: simple, or jwt,pub-key=..,priv-key=..,sign-method=..", None),
+    f("bcrypt-cost", Uint, "10", G_AUTH, "bcrypt cost for password hashes (4..31).", None),
+    f("auth-token-ttl", Uint, "300", G_AUTH, "Lifetime of simple tokens in seconds.", None),
     // profiling / monitoring
     f("enable-pprof", Bool, "false", G_PROF, "Serve profiling data under /debug/pprof/.", NE_LATER),
     f("metrics", Str, "basic", G_PROF, "Metrics detail: basic or extensive.", NE_LATER),
