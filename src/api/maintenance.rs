@@ -249,6 +249,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.ctx.require_admin(&request)?;
         let r = request.into_inner();
         check_peer_urls(&r.peer_ur_ls)?;
         if !r.is_learner {
@@ -287,8 +288,9 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn member_remove(
         &self,
-        _request: Request<pb::MemberRemoveRequest>,
+        request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.ctx.require_admin(&request)?;
         Err(unimplemented("MemberRemove"))
     }
 
@@ -296,6 +298,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.ctx.require_admin(&request)?;
         let r = request.into_inner();
         check_peer_urls(&r.peer_ur_ls)?;
         let out = self
@@ -336,6 +339,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.ctx.require_admin(&request)?;
         let id = request.into_inner().id;
         let members = self
             .ctx
