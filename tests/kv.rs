@@ -1177,43 +1177,74 @@ fn compaction_and_reads_of_compacted_revisions() {
     });
 }
 
+/// etcd's IDs for the default flags (name "default", token "etcd-cluster", peer URL
+/// http://localhost:2380), a revision, a term.
+#[track_caller]
+fn check_header(h: Option<pb::ResponseHeader>, rev: i64, what: &str) {
+    let h = h.unwrap_or_else(|| panic!("{what}: no header"));
+    assert_eq!(h.member_id, 0x8e9e05c52164694d, "{what}");
+    assert_eq!(h.cluster_id, 0xcdf818194e3a8c32, "{what}");
+    assert_eq!(h.revision, rev, "{what}");
+    assert_ne!(h.raft_term, 0, "{what}");
+}
+
 #[test]
 fn response_header_ids_revision_and_term() {
     each_shards(|shards| async move {
         let srv = Server::start(shards);
         let mut c = srv.client().await;
-        // etcd's IDs for the default flags (name "default", token "etcd-cluster", peer URL
-        // http://localhost:2380).
-        let check = |h: Option<pb::ResponseHeader>, rev: i64, what: &str| {
-            let h = h.unwrap_or_else(|| panic!("{what}: no header"));
-            assert_eq!(h.member_id, 0x8e9e05c52164694d, "{what}");
-            assert_eq!(h.cluster_id, 0xcdf818194e3a8c32, "{what}");
-            assert_eq!(h.revision, rev, "{what}");
-            assert_ne!(h.raft_term, 0, "{what}");
-        };
-        check(c.status().await.header, 1, "status of a new member");
+        check_header(c.status().await.header, 1, "status of a new member");
         let r = c.put("k", "v").await;
-        check(r.header, 2, "put");
+        check_header(r.header, 2, "put");
         let r = c.range(range_req("k", "")).await;
-        check(r.header, 2, "range");
+        check_header(r.header, 2, "range");
         let r = c
             .delete(pb::DeleteRangeRequest {
                 key: b("k"),
                 ..Default::default()
             })
             .await;
-        check(r.header, 3, "delete");
+        check_header(r.header, 3, "delete");
         let r = c.txn(probe(vec![])).await;
-        check(r.header, 3, "txn");
-        // etcd sets only the revision in the headers of a txn's inner responses.
-        let inner = ops::as_range(&r.responses[0]);
-        assert_eq!(
-            inner.header,
+        check_header(r.header, 3, "read-only txn");
+        let r = c
+            .txn(ops::txn_req(vec![], vec![ops::put("k2", "v")], vec![]))
+            .await;
+        check_header(r.header, 4, "txn with a write");
+        let r = c.compact(2).await;
+        check_header(r.header, 4, "compact");
+        let r = c.hash_kv(0).await;
+        check_header(r.header, 4, "hashkv");
+        let r = c.hash_kv(3).await;
+        check_header(r.header, 4, "hashkv at a past revision");
+        // The term does not change on a single member that keeps running.
+        let t1 = c.status().await.raft_term;
+        c.put("k", "v").await;
+        assert_eq!(c.status().await.raft_term, t1);
+        assert_eq!(c.status().await.header.unwrap().raft_term, t1);
+    });
+}
+
+/// etcd fills only the revision in the headers of a txn's inner responses (the revision as of
+/// that op), and leaves a nested txn's own header empty.
+#[test]
+fn txn_inner_response_headers_carry_only_the_revision() {
+    each_shards(|shards| async move {
+        let srv = Server::start(shards);
+        let mut c = srv.client().await;
+        c.put("k", "v").await;
+        let only = |revision: i64| {
             Some(pb::ResponseHeader {
-                revision: 3,
+                revision,
                 ..Default::default()
-            }),
-            "header of a range inside a txn"
+            })
+        };
+        let r = c.txn(probe(vec![])).await;
+        check_header(r.header, 2, "read-only txn");
+        assert_eq!(
+            ops::as_range(&r.responses[0]).header,
+            only(2),
+            "range inside a read-only txn"
         );
         let r = c
             .txn(ops::txn_req(
@@ -1226,44 +1257,43 @@ fn response_header_ids_revision_and_term() {
                 vec![],
             ))
             .await;
-        check(r.header, 4, "txn with writes");
-        let only_rev = Some(pb::ResponseHeader {
-            revision: 4,
-            ..Default::default()
-        });
-        assert_eq!(ops::as_put(&r.responses[0]).header, only_rev, "inner put");
-        assert_eq!(
-            ops::as_del(&r.responses[1]).header,
-            only_rev,
-            "inner delete"
-        );
+        check_header(r.header, 3, "txn with writes");
+        assert_eq!(ops::as_put(&r.responses[0]).header, only(3), "inner put");
+        assert_eq!(ops::as_del(&r.responses[1]).header, only(3), "inner delete");
         let nested = ops::as_txn(&r.responses[2]);
-        // ... and none at all in a nested txn's own header.
         assert_eq!(
             nested.header,
             Some(pb::ResponseHeader::default()),
-            "inner txn"
+            "nested txn"
         );
         assert_eq!(
             ops::as_range(&nested.responses[0]).header,
-            only_rev,
-            "range in an inner txn"
+            only(3),
+            "range in a nested txn"
         );
-        let r = c.compact(2).await;
-        check(r.header, 4, "compact");
-        let r = c.hash_kv(0).await;
-        check(r.header, 4, "hashkv");
-        let r = c
-            .cluster
-            .member_list(pb::MemberListRequest { linearizable: true })
-            .await
-            .unwrap()
-            .into_inner();
-        // etcd's MemberList header carries no revision.
-        check(r.header, 0, "member list");
-        // The term does not change on a single member that keeps running.
-        let t1 = c.status().await.raft_term;
+    });
+}
+
+/// etcd's MemberList header has the IDs and the term but no revision.
+#[test]
+fn member_list_header_has_no_revision() {
+    each_shards(|shards| async move {
+        let srv = Server::start(shards);
+        let mut c = srv.client().await;
         c.put("k", "v").await;
-        assert_eq!(c.status().await.raft_term, t1);
+        for linearizable in [false, true] {
+            let r = c
+                .cluster
+                .member_list(pb::MemberListRequest { linearizable })
+                .await
+                .unwrap()
+                .into_inner();
+            check_header(r.header, 0, "member list");
+            assert_eq!(r.members.len(), 1);
+            assert_eq!(r.members[0].id, 0x8e9e05c52164694d);
+            assert_eq!(r.members[0].name, "default");
+            assert_eq!(r.members[0].peer_ur_ls, ["http://localhost:2380"]);
+            assert_eq!(r.members[0].client_ur_ls, [srv.url()]);
+        }
     });
 }
