@@ -764,6 +764,52 @@ mod tests {
         assert_eq!(parse_go_duration("10"), None);
     }
 
+    /// ES256 with the verifying key taken from a certificate, as e2e's `pub-key=server.crt`.
+    #[test]
+    fn jwt_round_trip_with_certificate_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let priv_path = dir.path().join("k.pem");
+        let pub_path = dir.path().join("c.pem");
+        std::fs::write(&priv_path, key.serialize_pem()).unwrap();
+        std::fs::write(&pub_path, cert.pem()).unwrap();
+        let opts = format!(
+            "jwt,pub-key={},priv-key={},sign-method=ES256,ttl=5m",
+            pub_path.display(),
+            priv_path.display()
+        );
+        let cfg = AuthConfig::new(&opts, 10, 300, false).unwrap();
+        let TokenKind::Jwt(jwt) = &cfg.tokens else {
+            panic!("jwt expected")
+        };
+        let claims = Claims {
+            username: "u".into(),
+            revision: 7,
+            exp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 60,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(jwt.alg), &claims, jwt.sign.as_ref().unwrap())
+                .unwrap();
+        let mut v = Validation::new(jwt.alg);
+        v.leeway = 0;
+        let back = jsonwebtoken::decode::<Claims>(&token, &jwt.verify, &v).unwrap();
+        assert_eq!(back.claims.username, "u");
+        assert_eq!(back.claims.revision, 7);
+        // A token whose time ran out is refused.
+        let old = Claims { exp: 1, ..claims };
+        let token =
+            jsonwebtoken::encode(&Header::new(jwt.alg), &old, jwt.sign.as_ref().unwrap()).unwrap();
+        assert!(jsonwebtoken::decode::<Claims>(&token, &jwt.verify, &v).is_err());
+    }
+
     #[test]
     fn token_options() {
         assert!(AuthConfig::new("simple", 10, 300, false).is_ok());
