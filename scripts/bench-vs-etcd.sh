@@ -10,12 +10,16 @@
 #   --runs R             runs per server and workload (default 3; 1 with --quick)
 #   --workloads LIST     comma-separated subset of: put-1 put-1000 txn-put range-l range-s
 #                        watch-lat lease-ka memory recovery (default: all)
-#   --scale F            multiply the request totals by F (e.g. 0.5 to fit a time budget)
+#   --scale F            multiply the totals of put-1000, txn-put, range-*, lease-ka by F
+#                        (e.g. 0.3 to fit a time budget; put-1 and watch-lat are short anyway)
 #   --mem-keys N         keys loaded for memory/recovery (default 1000000; 100000 with --quick)
 #   --mem-runs N         loads per server for memory (default 1: loading 1M keys takes minutes);
 #                        recovery restarts the last load's data dir R times, alternating
-#   --retries N          re-run a run whose benchmark stalled (no progress for STALL_S=30 s)
-#                        up to N times (default 1); the stall is kept and reported
+#   --mem-loader put|txn how memory/recovery load the keys: put = one put per request
+#                        (benchmarks.md; default), txn = txn-put with 100 puts per txn
+#   --retries N          re-run a run whose benchmark stalled (no progress for STALL_S=30 s),
+#                        or was killed from outside, up to N times (default 1); the failed
+#                        attempt is kept and reported
 #   --data-root DIR      where the fresh data dirs go (default /var/tmp/rusd-bench; must be
 #                        on a real disk: tmpfs/ramfs are refused)
 #   --results DIR        raw outputs (default DATA_ROOT/results-<date>)
@@ -24,10 +28,13 @@
 #   --no-build           do not run cargo; use CARGO_TARGET_DIR/release/rusd as it is
 #   --report-only DIR    only (re)write the report from an earlier results dir
 #   -h, --help
+# Environment: STALL_S (30) seconds without progress before a benchmark run counts as
+# stalled; READY_TIMEOUT (120) seconds a server may take to print its ready line.
 #
 # The server under test listens on 127.0.0.1:23790 (client) and 127.0.0.1:23791 (peer); both
 # must be free. rusd needs RLIMIT_MEMLOCK for io_uring (it raises its soft limit itself).
 set -euo pipefail
+trap 'echo "bench-vs-etcd: command failed (line $LINENO): $BASH_COMMAND" >&2' ERR
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 helper="$repo/scripts/bench_report.py"
@@ -42,6 +49,7 @@ workloads="put-1,put-1000,txn-put,range-l,range-s,watch-lat,lease-ka,memory,reco
 scale=1
 mem_keys=""
 mem_runs=1
+mem_loader=put
 retries=1
 data_root=/var/tmp/rusd-bench
 results=""
@@ -50,7 +58,7 @@ rusd_bin=""
 build=1
 report_only=""
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "bench-vs-etcd: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
@@ -67,6 +75,8 @@ while [ $# -gt 0 ]; do
     --mem-keys=*) mem_keys="${1#*=}" ;;
     --mem-runs) mem_runs="$2"; shift ;;
     --mem-runs=*) mem_runs="${1#*=}" ;;
+    --mem-loader) mem_loader="$2"; shift ;;
+    --mem-loader=*) mem_loader="${1#*=}" ;;
     --retries) retries="$2"; shift ;;
     --retries=*) retries="${1#*=}" ;;
     --data-root) data_root="$2"; shift ;;
@@ -134,14 +144,20 @@ fi
 WATCH_RATE=1000
 scaled() { python3 -c "import sys; print(max(1, int(round(int(sys.argv[1]) * float(sys.argv[2])))))" "$1" "$scale"; }
 if [ "$scale" != 1 ]; then
-  T_PUT1=$(scaled $T_PUT1); T_PUTN=$(scaled $T_PUTN); T_TXN=$(scaled $T_TXN)
-  T_RANGE=$(scaled $T_RANGE); T_WATCH=$(scaled $T_WATCH); T_LEASE=$(scaled $T_LEASE)
+  # put-1 and watch-lat are bounded by fsync / the put rate (seconds each): not scaled
+  T_PUTN=$(scaled $T_PUTN); T_TXN=$(scaled $T_TXN)
+  T_RANGE=$(scaled $T_RANGE); T_LEASE=$(scaled $T_LEASE)
   mode="$mode, totals ×$scale"
 fi
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
 [[ "$mem_keys" =~ ^[1-9][0-9]*$ ]] || die "--mem-keys must be a positive integer"
 [[ "$mem_runs" =~ ^[1-9][0-9]*$ ]] || die "--mem-runs must be a positive integer"
 [[ "$retries" =~ ^[0-9]+$ ]] || die "--retries must be a non-negative integer"
+case "$mem_loader" in
+  put) ;;
+  txn) [ $((mem_keys % 100)) = 0 ] || die "--mem-loader txn needs --mem-keys divisible by 100" ;;
+  *) die "--mem-loader must be put or txn" ;;
+esac
 
 # ---------------------------------------------------------------------------------------------
 # tools, binaries, directories
@@ -180,9 +196,16 @@ results="$(cd "$results" && pwd)"
 work="$data_root/run-$stamp"
 mkdir -p "$work"
 
-# Snapshot the binaries: other people may rebuild target/release/rusd while this runs.
-cp "$rusd_bin" "$results/rusd"
-RUSD_BIN="$results/rusd"
+# Snapshot the binaries: other people may rebuild target/release/rusd while this runs, and
+# other harnesses on this machine clean up "their" servers by executable identity (e.g. the
+# e2e runner's stray-server kill for the cached etcd), which must not hit ours.
+mkdir -p "$results/bin"
+cp "$rusd_bin" "$results/bin/rusd"
+cp "$ETCD_BIN" "$results/bin/etcd"
+cp "$BENCH_BIN" "$results/bin/benchmark"
+RUSD_BIN="$results/bin/rusd"
+ETCD_BIN="$results/bin/etcd"
+BENCH_BIN="$results/bin/benchmark"
 
 # glommio's io_uring rings need locked memory; rusd raises its soft limit itself when the hard
 # limit allows, and this covers shells whose hard limit is low but raisable.
@@ -210,6 +233,7 @@ set_server_flags() { # DATADIR -> SF array
 # ---------------------------------------------------------------------------------------------
 SERVER_PID=""
 READY_S=""
+READY_TIMEOUT=${READY_TIMEOUT:-120}
 START_ERR=""
 CUR_DATA=""
 
@@ -250,7 +274,7 @@ start_server() {
   "$bin" "${SF[@]}" >"$logf" 2>&1 &
   SERVER_PID=$!
   if ! READY_S=$(python3 "$helper" wait-ready --log "$logf" --pid "$SERVER_PID" \
-                   --start-ns "$t0" --timeout 600 2>>"$logf.wait"); then
+                   --start-ns "$t0" --timeout "$READY_TIMEOUT" 2>>"$logf.wait"); then
     stop_server
     START_ERR="$name did not become ready: $(cat "$logf.wait"); last log lines: $(tail -n 3 "$logf" | tr '\n' ' ')"
     return 1
@@ -295,7 +319,7 @@ BENCH=("$BENCH_BIN" "--endpoints=$CLIENT_ADDR" --precise)
 # progress counter ("N / TOTAL") does not move for STALL_S seconds, the run is stopped and
 # OUTBASE.stalled says where it stood.
 STALL_S=${STALL_S:-30}
-progress_of() { tail -c 300 "$1" 2>/dev/null | tr '\r' '\n' | grep -o '[0-9]\+ / [0-9]\+' | tail -n 1; }
+progress_of() { { tail -c 300 "$1" 2>/dev/null | tr '\r' '\n' | grep -o '[0-9]\+ / [0-9]\+' | tail -n 1; } || true; }
 bench() {
   local base="$1"; shift
   local rc=0 last="" same=0 now
@@ -334,11 +358,14 @@ check_bench() {
   local w="$1" s="$2" rep="$3" rc="$4"
   local base="$results/$w/$s-$rep"
   if unimplemented_in "$base.out" "$base.err"; then
-    echo "the server answered Unimplemented: $(grep -oh 'code = Unimplemented[^"]*' "$base.out" "$base.err" | head -n 1)" > "$base.unsupported"
+    echo "the server answered Unimplemented: $(grep -oh 'code = Unimplemented[^"]*' "$base.out" "$base.err" | sed -n 1p)" > "$base.unsupported"
     log "  $w $s #$rep: not supported (Unimplemented)"
   elif [ -f "$base.stalled" ]; then
     echo "stalled: $(cat "$base.stalled")" > "$base.failed"
     log "  $w $s #$rep: STALLED ($(cat "$base.stalled"))"
+  elif [ "$rc" = 143 ] || [ "$rc" = 137 ]; then
+    echo "the benchmark tool was killed by a signal (rc=$rc) from outside this script; server alive: $(server_alive && echo yes || echo no)" > "$base.failed"
+    log "  $w $s #$rep: benchmark killed from outside (rc=$rc)"
   elif [ "$rc" != 0 ] || ! grep -q '^Summary:' "$base.out"; then
     echo "benchmark exited with $rc; $(tail -n 2 "$base.err" | tr '\n' ' ')" > "$base.failed"
     log "  $w $s #$rep: FAILED (rc=$rc)"
@@ -407,8 +434,9 @@ w_range() { # S REP : preload, then range-l and/or range-s on the same server
   local s="$1" rep="$2"
   local first; if has range-l; then first=range-l; else first=range-s; fi
   begin "$first" "$s" "$rep" || return 0
-  local pre=(--conns=100 --clients=1000 put --total="$RANGE_PRELOAD" --key-size=8 --val-size=256
-             --key-space-size="$RANGE_PRELOAD" --sequential-keys)
+  # preload: RANGE_PRELOAD distinct keys (8 B keys, 256 B values), 100 puts per txn
+  local pre=(--conns=100 --clients=1000 txn-put --txn-ops=100 --total="$(( (RANGE_PRELOAD + 99) / 100 ))"
+             --key-size=8 --val-size=256 --key-space-size="$RANGE_PRELOAD")
   mkdir -p "$results/range-preload"
   local rc=0
   bench "$results/range-preload/$s-$rep" "${pre[@]}" || rc=$?
@@ -440,7 +468,7 @@ w_range() { # S REP : preload, then range-l and/or range-s on the same server
 probe_watch() {
   local outp
   outp=$(timeout 3 "$ETCDCTL_BIN" --endpoints="$CLIENT_ADDR" watch bench-probe-key 2>&1 || true)
-  if echo "$outp" | grep -q 'Unimplemented'; then echo "$outp" | grep -m1 Unimplemented; return 1; fi
+  if grep -q 'Unimplemented' <<< "$outp"; then echo "$outp" | grep Unimplemented | sed -n 1p; return 1; fi
   return 0
 }
 
@@ -448,11 +476,11 @@ probe_watch() {
 probe_lease() {
   local outp id
   outp=$("$ETCDCTL_BIN" --endpoints="$CLIENT_ADDR" lease grant 60 2>&1 || true)
-  if echo "$outp" | grep -q 'Unimplemented'; then echo "LeaseGrant: $outp" | head -n 1; return 1; fi
+  if grep -q 'Unimplemented' <<< "$outp"; then echo "LeaseGrant: $outp" | sed -n 1p; return 1; fi
   id=$(echo "$outp" | awk '/granted/ {print $2}')
   [ -n "$id" ] || return 0  # unexpected; let the benchmark tell
   outp=$(timeout 5 "$ETCDCTL_BIN" --endpoints="$CLIENT_ADDR" lease keep-alive --once "$id" 2>&1 || true)
-  if echo "$outp" | grep -q 'Unimplemented'; then echo "LeaseKeepAlive: $outp" | head -n 1; return 1; fi
+  if grep -q 'Unimplemented' <<< "$outp"; then echo "LeaseKeepAlive: $outp" | sed -n 1p; return 1; fi
   "$ETCDCTL_BIN" --endpoints="$CLIENT_ADDR" lease revoke "$id" >/dev/null 2>&1 || true
   return 0
 }
@@ -493,8 +521,14 @@ memory_load() {
     return 0
   fi
   mkdir -p "$results/memory-load"
-  local load=(--conns=100 --clients=1000 put --total="$mem_keys" --key-size=8 --val-size=256
-              --key-space-size="$mem_keys" --sequential-keys)
+  local load
+  if [ "$mem_loader" = txn ]; then
+    load=(--conns=100 --clients=1000 txn-put --txn-ops=100 --total="$(( mem_keys / 100 ))"
+          --key-size=8 --val-size=256 --key-space-size="$mem_keys")
+  else
+    load=(--conns=100 --clients=1000 put --total="$mem_keys" --key-size=8 --val-size=256
+          --key-space-size="$mem_keys" --sequential-keys)
+  fi
   has memory && record_cmd memory "${load[@]}"
   local rc=0
   bench "$results/memory-load/$s-$rep" "${load[@]}" || rc=$?
@@ -528,11 +562,16 @@ memory_load() {
 }
 
 # recovery_run S REP: restart on MEM_DIR[S], time exec -> ready
+declare -A RECOVERY_HUNG=()
 recovery_run() {
   local s="$1" rep="$2"
   local dir="${MEM_DIR[$s]:-}"
   [ -n "$dir" ] || return 0   # its load failed (already recorded)
   mkdir -p "$results/recovery"
+  if [ -n "${RECOVERY_HUNG[$s]:-}" ]; then
+    echo "skipped: restart #${RECOVERY_HUNG[$s]} did not become ready within ${READY_TIMEOUT}s" > "$results/recovery/$s-$rep.failed"
+    return 0
+  fi
   echo "load as for memory ($mem_keys keys) and stop (SIGTERM); then, R times alternating, restart on that data dir and time exec -> \"ready to serve client requests\" (stopping with SIGTERM after each)" > "$results/recovery/cmd.txt"
   if start_server "$s" "$dir" "$results/recovery/$s-$rep.log"; then
     echo "$READY_S $(server_rss_kib)" > "$results/recovery/$s-$rep.val"
@@ -546,6 +585,7 @@ recovery_run() {
   else
     echo "$START_ERR" > "$results/recovery/$s-$rep.failed"
     log "  recovery $s #$rep: FAILED: $START_ERR"
+    case "$START_ERR" in *"timed out"*) RECOVERY_HUNG[$s]=$rep ;; esac
   fi
   stop_server
   sync
@@ -556,7 +596,7 @@ recovery_run() {
 # the run
 # ---------------------------------------------------------------------------------------------
 t_start=$(date +%s)
-etcd_version="$("$ETCD_BIN" --version | head -n 1)"
+etcd_version="$("$ETCD_BIN" --version | sed -n 1p)"
 rusd_commit="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 rusd_dirty=0
 [ -n "$(git -C "$repo" status --porcelain --untracked-files=no -- src shards proto Cargo.toml Cargo.lock 2>/dev/null)" ] && rusd_dirty=1
@@ -567,6 +607,7 @@ rusd_dirty=0
   echo "workloads=$workloads"
   echo "mem_keys=$mem_keys"
   echo "mem_runs=$mem_runs"
+  echo "mem_loader=$mem_loader"
   echo "endpoint=$CLIENT_ADDR"
   set_server_flags DIR; echo "server_flags=${SF[*]}"
   echo "data_root=$data_root"
@@ -591,12 +632,12 @@ with_retry() {
     "$fn" "$s" "$rep" "$@"
     stalled=()
     while IFS= read -r f; do
-      grep -q 'stall' "$f" && stalled+=("$f")
+      grep -q 'stall\|killed by a signal\|server died' "$f" && stalled+=("$f")
     done < <(find "$results" -name "$s-$rep.failed" -newer "$results/.mark")
     [ ${#stalled[@]} -gt 0 ] && [ $attempt -lt "$retries" ] || break
     attempt=$((attempt + 1))
     for f in "${stalled[@]}"; do mv "$f" "${f%.failed}.attempt$attempt.failed"; done
-    log "  $s #$rep stalled; retrying (attempt $((attempt + 1)))"
+    log "  $s #$rep stalled or was killed; retrying (attempt $((attempt + 1)))"
   done
 }
 
@@ -657,4 +698,6 @@ t_end=$(date +%s)
   echo "duration=$(( (t_end - t_start) / 60 )) min $(( (t_end - t_start) % 60 )) s"
 } >> "$results/meta.env"
 log "done in $(( t_end - t_start ))s"
+sha256sum "$results/bin/"* > "$results/binaries.sha256" 2>/dev/null || true
+rm -rf "$results/bin"
 report "$results"

@@ -458,10 +458,11 @@ def render(res_dir):
       "below 1 is better for latency, memory and restart time."
       % meta.get("runs", "?"))
     a("")
-    a("memory: VmRSS of the server process (`/proc/PID/status`) 3 s after loading the keys, "
-      "%s load(s) per server. recovery: the loaded data dir restarted %s time(s) per server, "
+    a("memory: VmRSS of the server process (`/proc/PID/status`) 3 s after loading the keys "
+      "(8 B keys, 256 B values; %s), %s load(s) per server. recovery: the loaded data dir restarted %s time(s) per server, "
       "alternating; the time from exec to the log line \"ready to serve client requests\"."
-      % (meta.get("mem_runs", "?"), meta.get("runs", "?")))
+      % ("one put per request" if meta.get("mem_loader", "put") == "put"
+         else "txn-put with 100 puts per txn", meta.get("mem_runs", "?"), meta.get("runs", "?")))
     a("")
     a("| workload | figure | rusd | etcd | ratio rusd/etcd | rusd p50 / p99 (ms) | "
       "etcd p50 / p99 (ms) | target |")
@@ -513,7 +514,7 @@ def render(res_dir):
     for p in sorted(glob.glob(os.path.join(res_dir, "*", "*.attempt*.failed"))):
         w = os.path.basename(os.path.dirname(p))
         run = os.path.basename(p).split(".attempt")[0]
-        notes.append("%s %s: **stalled** and was re-run (the table has the re-run): %s"
+        notes.append("%s %s: failed once and was re-run (the table has the re-run): %s"
                      % (w, run, _read(p)))
     for p in sorted(glob.glob(os.path.join(res_dir, "*", "*.note"))):
         notes.append("%s %s: %s" % (os.path.basename(os.path.dirname(p)),

@@ -27,7 +27,7 @@
 #                     process a single hung or timed-out test leaks goroutines and the
 #                     framework's leak check then SKIPS every later test.
 #   --stall-limit S   kill this run's server, etcdctl and etcdutl processes when no test or
-#                     subtest has started or finished for S seconds (default 120; 0 = off). The framework waits for
+#                     subtest has started or finished for S seconds (default 60; 0 = off). The framework waits for
 #                     "ready to serve client requests" without any timeout, so a server that
 #                     never gets ready would otherwise stall the run until --timeout.
 #   --lock-wait S     wait at most S seconds for another e2e run to finish (default 7200;
@@ -69,7 +69,7 @@ binary=""
 no_build=0
 out_dir="$REPO_ROOT/.e2e-out"
 timeout=""
-stall_limit=120
+stall_limit=60
 single=0
 test_timeout=10m
 lock_wait=7200
