@@ -27,9 +27,10 @@
 #                     process a single hung or timed-out test leaks goroutines and the
 #                     framework's leak check then SKIPS every later test.
 #   --stall-limit S   kill this run's server, etcdctl and etcdutl processes when no test or
-#                     subtest has started or finished for S seconds (default 60; 0 = off). The framework waits for
-#                     "ready to serve client requests" without any timeout, so a server that
-#                     never gets ready would otherwise stall the run until --timeout.
+#                     subtest has started or finished for S seconds (default 60; 0 = off).
+#                     The framework waits for "ready to serve client requests" (and for
+#                     etcdctl output) without any timeout: a server that never gets ready
+#                     would otherwise stall the test until its -test.timeout.
 #   --lock-wait S     wait at most S seconds for another e2e run to finish (default 7200;
 #                     lock file ${E2E_LOCK:-$RUSD_CACHE/e2e.lock})
 #   --list            print the selected test names (go test -list) and exit
@@ -76,7 +77,7 @@ lock_wait=7200
 list_only=0
 
 die() { echo "etcd-e2e-compat: $*" >&2; exit 2; }
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
