@@ -346,6 +346,11 @@ fn ids_match_etcd_for_other_flags() {
                 assert_eq!(ju64(&v["members"][0]["ID"]), member, "{flags:?}");
                 assert_eq!(v["members"][0]["name"], Value::String(flags[1].into()));
                 assert_eq!(v["members"][0]["peerURLs"], serde_json::json!(peers));
+                assert_eq!(
+                    v["members"][0]["clientURLs"],
+                    serde_json::json!([srv.url()]),
+                    "{flags:?}"
+                );
                 let v = srv.etcdctl(&["put", "k", "v", "-w", "json"]).json();
                 assert_eq!(ju64(&v["header"]["cluster_id"]), cluster, "{flags:?}");
                 assert_eq!(ju64(&v["header"]["member_id"]), member, "{flags:?}");

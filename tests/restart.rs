@@ -191,6 +191,21 @@ fn empty_member_restarts() {
         );
         assert_ne!(h2.raft_term, 0);
         assert!(c.all().await.kvs.is_empty());
+        let members = c
+            .cluster
+            .member_list(pb::MemberListRequest { linearizable: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .members;
+        assert_eq!(members.len(), 1, "{members:?}");
+        let m = &members[0];
+        assert_eq!(
+            (m.id, m.name.as_str(), m.is_learner),
+            (h.member_id, "default", false)
+        );
+        assert_eq!(m.peer_ur_ls, ["http://localhost:2380"]);
+        assert_eq!(m.client_ur_ls, [srv.url()]);
         assert_eq!(c.put_rev("first", "1").await, 2);
     });
 }
