@@ -163,10 +163,19 @@ fn txn_from_stdin() {
             "FAILURE\n\nOK\n\nkey1\nelse\n"
         );
 
+        // Interactive (-i): the same input, with etcdctl's prompts.
+        srv.etcdctl(&["put", "ikey", "v1"]).ok();
+        let txn = "value(\"ikey\") = \"v1\"\n\nput ikey v2\nget ikey\n\nput ikey v3\n\n";
+        assert_eq!(
+            srv.etcdctl_stdin(&["txn", "-i"], txn).ok(),
+            "compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\n\
+             SUCCESS\n\nOK\n\nikey\nv2\n"
+        );
+
         // JSON: the failure branch of a create-if-absent.
         let txn = "create(\"key2\") = \"0\"\n\nput key2 \"new\"\n\nget key2\n\n";
         let v = srv.etcdctl_stdin(&["txn", "-w", "json"], txn).json();
-        check_header(&v["header"], 5);
+        check_header(&v["header"], 7);
         assert!(v.get("succeeded").is_none(), "failed txn: {v}");
         let range = &v["responses"][0]["Response"]["response_range"];
         assert_eq!(kv_pairs(range), pairs(&[("key2", "v2")]));
@@ -175,7 +184,7 @@ fn txn_from_stdin() {
         let txn = "create(\"key9\") = \"0\"\n\nput key9 \"nine\"\n\n\n";
         let v = srv.etcdctl_stdin(&["txn", "-w", "json"], txn).json();
         assert_eq!(v["succeeded"], Value::Bool(true));
-        check_header(&v["header"], 6);
+        check_header(&v["header"], 8);
         assert!(v["responses"][0]["Response"]["response_put"].is_object());
 
         // An invalid txn (duplicate key) is an error with etcd's message.
@@ -188,7 +197,7 @@ fn txn_from_stdin() {
             out.stderr
         );
         let v = srv.etcdctl(&["get", "a", "-w", "json"]).json();
-        check_header(&v["header"], 6);
+        check_header(&v["header"], 8);
     });
 }
 

@@ -8,8 +8,12 @@
 //! - `ETCDCTL`: path of the etcdctl binary; default `~/.cache/rusd/etcd-v3.5.17/bin/etcdctl`,
 //!   built with `scripts/etcd-ref-tools.sh etcdctl` when missing.
 //! - `RUSD_TEST_ETCD`: path of an etcd v3.5.17 binary to run *instead of* rusd (no `--shards`),
-//!   to check the suite's expectations against the reference. Only the wire-level suites
-//!   (kv, errors, etcdctl, identity) make sense there; the WAL and crash suites are rusd's own.
+//!   to check the suite's expectations against the reference, e.g.
+//!   `RUSD_TEST_ETCD=~/.cache/rusd/etcd-v3.5.17/bin/etcd cargo test --test kv`.
+//!   kv, errors, etcdctl, restart and crash all pass against etcd v3.5.17 (except
+//!   `errors::invalid_sort_option`, a deliberate difference); bad_input reads rusd's WAL format.
+//! - `RUSD_TEST_GDB=1`: when a test fails with its server still running, print gdb's
+//!   backtraces of every server thread and their kernel stacks (for stalls).
 
 #![allow(dead_code)]
 
