@@ -209,6 +209,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .name(&format!("rusd-core-{core}"))
             .io_memory(runtime::IO_MEMORY_BYTES)
             .spawn(move || async move {
+                glommio::spawn_local(runtime::wakeup_guard()).detach();
                 glommio::spawn_local(runtime::shard::run(rx)).detach();
                 if let Some((recovered, wal_dir, coord_rx, serving_tx, ccfg)) = parts {
                     let shards = ctx.shards.clone();

@@ -35,6 +35,9 @@ pub const COORDINATOR_INBOX_MAX: usize = 16 * 1024;
 /// Messages taken from the inbox per loop turn: bounds the size of one Ready (and so of one
 /// WAL write) while still letting a burst share one fdatasync.
 const INBOX_BATCH_MAX: usize = 4096;
+/// Puts sent to the shards at once before their answers are awaited: bounds what one apply
+/// step holds in flight.
+const PUT_PIPELINE_MAX: usize = 1024;
 /// Applied entries kept in raft's in-memory log (for peers that lag, once there are peers).
 const RAFT_LOG_RETAINED_ENTRIES: u64 = 5000;
 /// How stale the published store size may be while writes flow.
@@ -167,12 +170,7 @@ impl CoordinatorHandle {
     }
 
     pub async fn propose(&self, req: WriteRequest) -> Result<WriteOutcome, EtcdError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send_async(CoordMsg::Propose { req, reply })
-            .await
-            .map_err(|_| EtcdError::Stopped)?;
-        rx.await.map_err(|_| EtcdError::Stopped)?
+        self.ask(|reply| CoordMsg::Propose { req, reply }).await?
     }
 
     pub async fn read_index(&self) -> Result<(), EtcdError> {
@@ -181,23 +179,29 @@ impl CoordinatorHandle {
 
     /// Sends a message that needs no answer.
     pub async fn send(&self, msg: CoordMsg) -> Result<(), EtcdError> {
-        self.tx
-            .send_async(msg)
+        let tx = self.tx.clone();
+        crate::runtime::on_this_core(async move { tx.send_async(msg).await })
             .await
-            .map_err(|_| EtcdError::Stopped)
+            .and_then(Result::ok)
+            .ok_or(EtcdError::Stopped)
     }
 
-    /// Sends a message built around a fresh oneshot and waits for the answer.
-    pub async fn ask<T>(
+    /// Sends a message built around a fresh oneshot and waits for the answer (through
+    /// `runtime::on_this_core`, so a lost cross-core wake-up cannot hang the caller).
+    pub async fn ask<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> CoordMsg,
     ) -> Result<T, EtcdError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send_async(make(reply))
-            .await
-            .map_err(|_| EtcdError::Stopped)?;
-        rx.await.map_err(|_| EtcdError::Stopped)
+        let msg = make(reply);
+        let tx = self.tx.clone();
+        crate::runtime::on_this_core(async move {
+            tx.send_async(msg).await.ok()?;
+            rx.await.ok()
+        })
+        .await
+        .flatten()
+        .ok_or(EtcdError::Stopped)
     }
 }
 
@@ -350,7 +354,9 @@ impl Coordinator {
                     next_tick = now + self.heartbeat_interval;
                 }
             } else if !self.node.has_ready() {
-                let wait = next_tick - now;
+                // Never park longer than the re-check interval: a message whose wake-up was
+                // lost is still found quickly (see runtime::recheck).
+                let wait = (next_tick - now).min(crate::runtime::RECHECK_INTERVAL);
                 let inbox = self.inbox.clone();
                 let recv = inbox.recv_async();
                 let sleep = glommio::timer::sleep(wait);
@@ -376,6 +382,7 @@ impl Coordinator {
                 self.start_read(read_batch);
             }
             self.on_ready().await?;
+            self.release_reads();
             self.refresh_db_size().await?;
         }
     }
@@ -501,6 +508,15 @@ impl Coordinator {
             for r in batch {
                 let _ = r.send(Err(EtcdError::NoLeader));
             }
+            return;
+        }
+        if self.node.raft.state == StateRole::Leader && self.node.raft.prs().is_singleton() {
+            // The only voter cannot be deposed without a configuration change it applies
+            // itself, so its commit index is the read index; no round through raft (whose
+            // read-index path can park requests until the next write commits).
+            let index = self.node.raft.raft_log.committed;
+            self.reads_waiting_apply.push((index, batch));
+            self.release_reads();
             return;
         }
         let ctx = self.next_read_ctx;
@@ -657,16 +673,103 @@ impl Coordinator {
     }
 
     async fn apply_entries(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
-        for e in entries {
-            self.apply_entry(&e).await?;
-            self.applied_index = e.index;
-            self.published
-                .applied_index
-                .store(e.index, Ordering::Release);
+        let mut i = 0;
+        while i < entries.len() {
+            let run = self.plain_put_run(&entries[i..])?;
+            if run.len() > 1 {
+                i += run.len();
+                self.apply_put_run(run).await?;
+                continue;
+            }
+            let e = &entries[i];
+            self.apply_entry(e).await?;
+            self.mark_applied(e.index);
+            i += 1;
         }
         self.published
             .revision
             .store(self.revision, Ordering::Release);
+        Ok(())
+    }
+
+    fn mark_applied(&mut self, index: u64) {
+        self.applied_index = index;
+        self.published.applied_index.store(index, Ordering::Release);
+    }
+
+    /// The leading entries that are puts certain to succeed: no ignore_value/ignore_lease (the
+    /// only puts a shard can refuse), a lease that exists, no NOSPACE alarm, no auth wrapper.
+    /// Each such put consumes exactly one revision, so a run of them can be sent to the shards
+    /// all at once instead of one round trip after another.
+    fn plain_put_run(
+        &self,
+        entries: &[Entry],
+    ) -> anyhow::Result<Vec<(u64, u64, shards::PutRequest)>> {
+        let mut run = Vec::new();
+        if self.published.nospace.load(Ordering::Acquire) {
+            return Ok(run);
+        }
+        for e in entries.iter().take(PUT_PIPELINE_MAX) {
+            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+                break;
+            }
+            let (id, req) = codec::decode(&e.data)
+                .map_err(|err| anyhow::anyhow!("raft entry {}: {err}", e.index))?;
+            match req {
+                WriteRequest::Put(p)
+                    if !p.ignore_value
+                        && !p.ignore_lease
+                        && (p.lease == 0 || self.leases.contains(p.lease)) =>
+                {
+                    run.push((e.index, id, p))
+                }
+                _ => break,
+            }
+        }
+        Ok(run)
+    }
+
+    async fn apply_put_run(
+        &mut self,
+        run: Vec<(u64, u64, shards::PutRequest)>,
+    ) -> anyhow::Result<()> {
+        let mut pending = Vec::with_capacity(run.len());
+        for (index, id, req) in run {
+            let main = self.revision + 1;
+            self.revision = main;
+            let (reply, rx) = oneshot::channel();
+            let owner = self.shards.owner(&req.key);
+            self.shards
+                .send(
+                    owner,
+                    ShardMsg::Put {
+                        main,
+                        sub: 0,
+                        req,
+                        reply,
+                    },
+                )
+                .await?;
+            pending.push((index, id, main, rx));
+        }
+        self.db_size_stale = true;
+        for (index, id, main, rx) in pending {
+            let (resp, event) = crate::runtime::recheck(rx)
+                .await
+                .map_err(|_| anyhow::anyhow!("a shard worker stopped"))?
+                .map_err(|e| anyhow::anyhow!("raft entry {index}: a plain put failed: {e}"))?;
+            let events = [event];
+            self.leases.observe(&events);
+            self.events_applied += 1;
+            self.watch.on_apply(main, &events);
+            if let Some(tx) = self.waiters.remove(&id) {
+                let _ = tx.send(Ok(WriteOutcome {
+                    revision: main,
+                    response: WriteResponse::Put(resp),
+                }));
+            }
+            self.mark_applied(index);
+        }
         Ok(())
     }
 

@@ -41,21 +41,32 @@ impl ShardSet {
     }
 
     /// Sends one message built around a fresh oneshot and waits for the reply.
-    pub async fn call<T>(
+    pub async fn call<T: Send + 'static>(
         &self,
         shard: usize,
         make: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
     ) -> Result<T, ShardGone> {
         let (tx, rx) = oneshot::channel();
-        self.senders[shard]
-            .send_async(make(tx))
+        let sender = self.senders[shard].clone();
+        let msg = make(tx);
+        super::on_this_core(async move {
+            sender.send_async(msg).await.map_err(|_| ShardGone)?;
+            rx.await.map_err(|_| ShardGone)
+        })
+        .await
+        .unwrap_or(Err(ShardGone))
+    }
+
+    /// Sends a message without waiting for its reply (the caller holds the receiver, and
+    /// should await it with `runtime::recheck`).
+    pub async fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardGone> {
+        super::recheck(self.senders[shard].send_async(msg))
             .await
-            .map_err(|_| ShardGone)?;
-        rx.await.map_err(|_| ShardGone)
+            .map_err(|_| ShardGone)
     }
 
     /// Calls every shard at once and gathers the replies in shard order.
-    pub async fn call_all<T>(
+    pub async fn call_all<T: Send + 'static>(
         &self,
         make: impl Fn(oneshot::Sender<T>) -> ShardMsg,
     ) -> Result<Vec<T>, ShardGone> {

@@ -73,3 +73,53 @@ pub fn ensure_memlock(executors: usize) -> anyhow::Result<()> {
 
 /// How often the coordinator's queue may be preempted by other work on core 0.
 pub const COORDINATOR_LATENCY: Duration = Duration::from_millis(1);
+
+/// How often every executor wakes up even when it has nothing to do.
+pub const WAKEUP_GUARD_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Wakes this executor at a fixed interval. Under load we saw requests whose bytes had
+/// arrived sit unread on an idle core until some unrelated event woke it (seconds later): a
+/// wake-up from another thread, or a completion, got lost while glommio's reactor was parked.
+/// A pending timer bounds how long the reactor may park, so such a stall costs at most this
+/// interval; the price is a few hundred idle wake-ups per second per core.
+pub async fn wakeup_guard() {
+    loop {
+        glommio::timer::sleep(WAKEUP_GUARD_INTERVAL).await;
+    }
+}
+
+/// How often a task waiting on another core re-checks what it waits for.
+pub const RECHECK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Awaits `fut`, polling it again every `RECHECK_INTERVAL` even without a wake-up.
+///
+/// Why: wake-ups sent from one executor thread to another are occasionally lost on these
+/// machines (seen as requests that stall forever under load with two or more cores, never
+/// with one; glommio's cross-thread wake relies on a membarrier-based handshake). A re-poll
+/// finds a completed oneshot or a queued message regardless of the lost wake, so a lost wake
+/// costs at most this interval instead of a hung request. Local-only (uses glommio's timer).
+pub async fn recheck<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let timer = std::pin::pin!(glommio::timer::sleep(RECHECK_INTERVAL));
+        match futures::future::select(fut.as_mut(), timer).await {
+            futures::future::Either::Left((v, _)) => return v,
+            futures::future::Either::Right(_) => {}
+        }
+    }
+}
+
+/// Runs a cross-core wait as a task of this core under `recheck`, and returns a `Send`
+/// future for its result (completed by a same-thread wake, which is never lost). This is how
+/// `Send` code — tonic handlers — waits on other cores. Must be called on an executor thread.
+pub fn on_this_core<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + 'static,
+) -> impl std::future::Future<Output = Option<T>> + Send {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    glommio::spawn_local(async move {
+        let v = recheck(fut).await;
+        let _ = tx.send(v);
+    })
+    .detach();
+    async move { rx.await.ok() }
+}

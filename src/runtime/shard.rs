@@ -73,7 +73,7 @@ pub struct ShardStats {
 /// error: the work is done either way, which keeps apply deterministic.
 pub async fn run(rx: flume::Receiver<ShardMsg>) {
     let mut store = MvccStore::new();
-    while let Ok(msg) = rx.recv_async().await {
+    while let Ok(msg) = super::recheck(rx.recv_async()).await {
         handle(&mut store, msg);
     }
 }
