@@ -508,6 +508,37 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The server's TCP connections from /proc/net/tcp: `local -> remote state tx_queue
+    /// rx_queue`. A connection with a non-zero rx_queue has request bytes the server has not
+    /// read.
+    pub fn socket_queues(&self) -> String {
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let port = format!("{:04X}", self.port);
+        let mut out = String::new();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 5 {
+                continue;
+            }
+            let local_port = f[1].rsplit(':').next().unwrap_or("");
+            if local_port != port {
+                continue;
+            }
+            let remote_port =
+                u16::from_str_radix(f[2].rsplit(':').next().unwrap_or("0"), 16).unwrap_or(0);
+            let (tx, rx) = f[4].split_once(':').unwrap_or(("?", "?"));
+            let tx = u64::from_str_radix(tx, 16).unwrap_or(0);
+            let rx = u64::from_str_radix(rx, 16).unwrap_or(0);
+            out.push_str(&format!(
+                "  :{} <- :{remote_port} state {} tx_queue {tx} rx_queue {rx}\n",
+                self.port, f[3]
+            ));
+        }
+        out
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() && self.child.is_some() {
