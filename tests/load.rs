@@ -1,6 +1,8 @@
 //! Liveness under load: every request is answered, promptly, while two servers (`--shards 1`
 //! and `--shards 2`) take concurrent writes at the same time, several streams per connection,
-//! the way parallel tests (or several members on one host) run them.
+//! with two CPU-bound threads competing for the cores: the way parallel tests (or a busy host)
+//! run them. A request unanswered for 10 s fails the test with each server's thread states and
+//! the socket queues of its connections.
 
 mod common;
 
