@@ -454,8 +454,7 @@ w_range() { # S REP : preload, then range-l and/or range-s on the same server
     mkdir -p "$results/$w"
     local c=l; [ $w = range-s ] && c=s
     local args=(--conns=100 --clients=1000 range "$RANGE_KEY" --total="$T_RANGE" --consistency=$c)
-    echo "benchmark --endpoints=$CLIENT_ADDR --precise ${pre[*]}   # preload, then: etcdctl put $RANGE_KEY <256 B>" > "$results/$w/cmd.txt.pre"
-    record_cmd "$w" "${pre[@]}"
+    record_cmd "$w" "${pre[@]}" "  # preload; then etcdctl put $RANGE_KEY <256 B value>"
     record_cmd "$w" "${args[@]}"
     rc=0
     bench "$results/$w/$s-$rep" "${args[@]}" || rc=$?
@@ -550,7 +549,7 @@ memory_load() {
   if has memory; then
     echo "$rss $(server_hwm_kib)" > "$results/memory/$s-$rep.val"
   fi
-  log "  memory $s #$rep: VmRSS $(( rss / 1024 )) MiB after $mem_keys keys (loaded at $(python3 "$helper" parse "$results/memory-load/$s-$rep.out" | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["rps"])') puts/s)"
+  log "  memory $s #$rep: VmRSS $(( rss / 1024 )) MiB after $mem_keys keys (loaded at $(python3 "$helper" parse "$results/memory-load/$s-$rep.out" | python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["rps"])') requests/s)"
   if has recovery; then
     stop_server           # SIGTERM, as a service manager would
     MEM_DIR[$s]="$CUR_DATA"
@@ -699,5 +698,5 @@ t_end=$(date +%s)
 } >> "$results/meta.env"
 log "done in $(( t_end - t_start ))s"
 sha256sum "$results/bin/"* > "$results/binaries.sha256" 2>/dev/null || true
-rm -rf "$results/bin"
+rm -f "$results/bin/etcd" "$results/bin/benchmark"   # cached anyway; bin/rusd stays for profiling
 report "$results"

@@ -11,6 +11,9 @@ Subcommands:
       one, else from when the line was seen). Exit 1 if PID dies or on timeout.
   machine DIR [--out FILE]
       Machine facts (nproc, kernel, CPU, memory, the disk that holds DIR) as JSON.
+  perf-fold FILE
+      Coarse buckets (HTTP/2, raft, shard, executor parking, io-wq fsync, ...) of a rusd
+      profile: FILE = `perf script --no-inline -F comm,ip,sym` of a `perf record -g` run.
   parse FILE
       Parse one `benchmark` output (Summary + Latency distribution) and print it as JSON.
   report RESULTS_DIR [--out docs/benchmarks.md]
@@ -283,6 +286,52 @@ def parse_benchmark(text):
 def cmd_parse(a):
     with open(a.file, errors="replace") as f:
         print(json.dumps(parse_benchmark(f.read()), indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# perf-fold
+# ---------------------------------------------------------------------------------------------
+
+# Each sample goes to the first bucket one of whose substrings occurs in its stack.
+PERF_BUCKETS = [
+    ("io-wq worker: fdatasync (io_fsync, ext4_sync_file, block flush)",
+     ["ext4_sync_file", "io_fsync"]),
+    ("io-wq worker: other (waking, idling)", ["io_wq_worker"]),
+    ("executor park: membarrier() IPIs", ["membarrier"]),
+    ("executor park: io_uring_enter sleep/wake", ["Parker::park"]),
+    ("HTTP/2 + gRPC (hyper, h2, tonic; socket syscalls)", ["serve_http", "h2::", "hyper::"]),
+    ("raft coordinator (raft-rs, WAL, apply)", ["Coordinator", "raft::"]),
+    ("shard (MvccStore, shard handler)", ["shards::", "runtime::shard"]),
+    ("glommio scheduler/reactor, other", ["glommio::"]),
+]
+
+
+def cmd_perf_fold(a):
+    """Coarse buckets of rusd's CPU from `perf script --no-inline -F comm,ip,sym`."""
+    with open(a.file, errors="replace") as f:
+        samples = f.read().split("\n\n")
+    counts = {}
+    tot = kern = 0
+    for smp in samples:
+        lines = [l.strip() for l in smp.strip().split("\n") if l.strip()]
+        if len(lines) < 2:
+            continue
+        tot += 1
+        if lines[1].split()[0].startswith("ffffffff"):
+            kern += 1
+        stack = " ".join(lines[1:])
+        for name, keys in PERF_BUCKETS:
+            if any(k in stack for k in keys):
+                counts[name] = counts.get(name, 0) + 1
+                break
+        else:
+            counts["other"] = counts.get("other", 0) + 1
+    if not tot:
+        print("no samples (perf script needs -F comm,ip,sym and call graphs)")
+        return 1
+    print("samples: %d, leaf in the kernel: %.0f%%" % (tot, 100.0 * kern / tot))
+    for name, v in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print("%5.1f%%  %s" % (100.0 * v / tot, name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,7 +641,8 @@ def render(res_dir):
             mach.get("nproc"), mach.get("cpu"), mach.get("mem_gib"), mach.get("kernel")))
         a("- data dirs: `%s` — disk: %s (the same disk as the repo; not tmpfs)" % (
             meta.get("data_root", "?"), disk))
-    a("- date: %s; wall time of the run: %s; load average at start / end: %s / %s" % (
+    a("- date: %s; wall time of the run: %s (after building rusd); load average at start / end: "
+      "%s / %s" % (
         meta.get("date", "?"), meta.get("duration", "?"), meta.get("load_start", "?"),
         meta.get("load_end", "?")))
     a("- rusd: commit `%s`%s, `cargo build --release --bin rusd`" % (
@@ -602,10 +652,11 @@ def render(res_dir):
       "(both from `scripts/etcd-ref-tools.sh etcd benchmark`)" % meta.get("etcd_version", "?"))
     a("- the benchmark client runs on the same %s-core machine as the server and competes with "
       "it for CPU (true for both servers, so the ratio holds; the absolute numbers are low). "
-      "Other engineers were compiling on this machine during the run: expect noise of "
-      "±10–20%% in the absolute figures." % mach.get("nproc", "?"))
+      "The machine is shared (other engineers compile and run tests on it), so absolute "
+      "figures are noisy: see \"Every run\" for the spread." % mach.get("nproc", "?"))
     if meta.get("mode") != "full":
-        a("- totals were reduced for this run (see the commands below).")
+        a("- **totals were reduced for this run** (%s; the exact totals are in the commands "
+          "below)." % meta.get("mode"))
     a("")
     a("Both servers were started with exactly these flags (DIR a fresh directory per run):")
     a("")
@@ -678,6 +729,9 @@ def main():
     s = sub.add_parser("parse")
     s.add_argument("file")
     s.set_defaults(fn=cmd_parse)
+    s = sub.add_parser("perf-fold")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_perf_fold)
     s = sub.add_parser("report")
     s.add_argument("results")
     s.add_argument("--out")
