@@ -11,17 +11,30 @@ use std::time::{Duration, Instant};
 use common::{b, Client, Server};
 use proto::etcdserverpb as pb;
 
-/// Puts per writer.
+/// Puts per writer (env `LOAD_PUTS` overrides).
 const PUTS: usize = 300;
+/// CPU-bound threads competing with the servers (env `LOAD_HOGS` overrides). The defaults keep
+/// the test at a few seconds; `LOAD_PUTS=1000 LOAD_HOGS=4` presses harder (slow in debug).
+const HOGS: usize = 2;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number"))
+        })
+        .unwrap_or(default)
+}
 /// Connections per server, writers per connection (HTTP/2 streams in parallel).
 const CONNS: usize = 2;
 const WRITERS_PER_CONN: usize = 4;
 /// Far above any healthy latency, even of a debug build on a busy machine.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
-async fn writer(mut c: Client, server: usize, id: usize) -> Result<Duration, String> {
+async fn writer(mut c: Client, server: usize, id: usize, puts: usize) -> Result<Duration, String> {
     let mut slowest = Duration::ZERO;
-    for i in 0..PUTS {
+    for i in 0..puts {
         let key = format!("load/{id}/{i:04}");
         let started = Instant::now();
         let put = c.kv.put(pb::PutRequest {
@@ -66,7 +79,8 @@ fn every_request_is_answered_under_concurrent_load() {
     // Two CPU hogs for the duration: the servers compete for the cores as they do when tests
     // run in parallel.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hogs: Vec<_> = (0..2)
+    let puts = knob("LOAD_PUTS", PUTS);
+    let hogs: Vec<_> = (0..knob("LOAD_HOGS", HOGS))
         .map(|_| {
             let stop = stop.clone();
             std::thread::spawn(move || {
@@ -90,7 +104,7 @@ fn every_request_is_answered_under_concurrent_load() {
                 connections.push(c.clone());
                 for w in 0..WRITERS_PER_CONN {
                     let id = conn * WRITERS_PER_CONN + w;
-                    tasks.push(tokio::spawn(writer(c.clone(), n, id)));
+                    tasks.push(tokio::spawn(writer(c.clone(), n, id, puts)));
                 }
             }
         }
@@ -116,7 +130,7 @@ fn every_request_is_answered_under_concurrent_load() {
         }
         drop(connections);
         // Everything written, once.
-        let per_server = (CONNS * WRITERS_PER_CONN * PUTS) as i64;
+        let per_server = (CONNS * WRITERS_PER_CONN * puts) as i64;
         for srv in &servers {
             let mut c = srv.client().await;
             let r = c
