@@ -1,4 +1,4 @@
-//! The write-ahead log: raft's entries and hard state, appended through io_uring and made
+//! The write-ahead log: raft's entries and hard state, appended by a writer thread and made
 //! durable with one fdatasync per raft Ready (group commit).
 //!
 //! Record framing (all little-endian):
@@ -219,26 +219,51 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// The live WAL, owned by the coordinator on core 0.
+/// The live WAL, owned by the coordinator on core 0. Writes and fdatasyncs happen on a
+/// dedicated thread: start-up runs showed glommio file operations (open, fdatasync) whose
+/// completion never reached the coordinator, hanging the member before its first Ready. The
+/// coordinator hands each Ready's records over and waits under `runtime::recheck`, so one
+/// Ready is still exactly one write and one fdatasync, and core 0 keeps serving meanwhile.
 pub struct Wal {
-    file: glommio::io::BufferedFile,
+    jobs: std::sync::mpsc::SyncSender<WalJob>,
     offset: u64,
+}
+
+struct WalJob {
+    records: Vec<u8>,
+    done: futures::channel::oneshot::Sender<std::io::Result<()>>,
 }
 
 impl Wal {
     pub async fn open(dir: &Path, end_offset: u64) -> Result<Wal, WalError> {
         let path = dir.join(WAL_FILE_NAME);
-        let file = glommio::io::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .write(true)
-            .read(true)
-            .buffered_open(&path)
-            .await
-            .map_err(|e| WalError::Io {
+            .open(&path)
+            .map_err(|source| WalError::Io {
                 path: path.clone(),
-                source: e.into(),
+                source,
             })?;
+        // One Ready in flight at a time: the coordinator waits for each before the next.
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<WalJob>(1);
+        std::thread::Builder::new()
+            .name("rusd-wal".into())
+            .spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let mut offset = end_offset;
+                for job in rx {
+                    let result = file
+                        .write_all_at(&job.records, offset)
+                        .and_then(|()| file.sync_data());
+                    if result.is_ok() {
+                        offset += job.records.len() as u64;
+                    }
+                    let _ = job.done.send(result);
+                }
+            })
+            .map_err(|source| WalError::Io { path, source })?;
         Ok(Wal {
-            file,
+            jobs,
             offset: end_offset,
         })
     }
@@ -246,26 +271,15 @@ impl Wal {
     /// Appends already-framed records and makes them durable with exactly one fdatasync.
     pub async fn append_and_sync(&mut self, records: Vec<u8>) -> std::io::Result<()> {
         let len = records.len() as u64;
-        let mut written = 0u64;
-        let mut pending = records;
-        while !pending.is_empty() {
-            let n = self
-                .file
-                .write_at(pending.clone(), self.offset + written)
-                .await
-                .map_err(std::io::Error::from)?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    "wal write returned 0",
-                ));
-            }
-            written += n as u64;
-            pending.drain(..n);
-        }
-        debug_assert_eq!(written, len);
+        let (done, rx) = futures::channel::oneshot::channel();
+        self.jobs
+            .send(WalJob { records, done })
+            .map_err(|_| std::io::Error::other("the WAL writer thread stopped"))?;
+        crate::runtime::recheck(rx)
+            .await
+            .map_err(|_| std::io::Error::other("the WAL writer thread stopped"))??;
         self.offset += len;
-        self.file.fdatasync().await.map_err(std::io::Error::from)
+        Ok(())
     }
 
     pub fn size_bytes(&self) -> u64 {
