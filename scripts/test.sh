@@ -20,5 +20,23 @@ cargo test --release --workspace
 
 echo "== etcd e2e: expected-to-pass list"
 cargo build --release --bin rusd
+out="$repo/.e2e-out"
+if scripts/etcd-e2e-compat.sh --no-build --binary "$CARGO_TARGET_DIR/release/rusd" \
+  --out "$out" --expected tests/e2e-expected-pass.txt; then
+  exit 0
+fi
+# A listed test that failed gets exactly one more run, alone. Known cause of one-off failures
+# on a loaded 2-core machine: rare request stalls (docs/e2e.md, "Flaky"). A test that fails
+# twice fails CI; one that passes on the retry is printed as FLAKY so it is never hidden.
+failed="$(python3 - "$out/rusd-expected.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("\n".join(t["name"] for t in r["tests"] if t.get("top_level") and t["status"] != "pass"))
+PY
+)"
+[ -n "$failed" ] || { echo "e2e: the expected-pass run failed without a failed test"; exit 1; }
+echo "== e2e: retrying once, alone: $(echo $failed)"
+printf '%s\n' $failed > "$out/retry-list.txt"
 scripts/etcd-e2e-compat.sh --no-build --binary "$CARGO_TARGET_DIR/release/rusd" \
-  --expected tests/e2e-expected-pass.txt
+  --out "$out/retry" --expected "$out/retry-list.txt"
+echo "FLAKY (failed once, passed on the retry): $(echo $failed)"
