@@ -175,17 +175,22 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             ),
             initial_members: members
                 .iter()
-                .map(|(name, id, peer_urls)| coordinator::members::Member {
-                    id: *id,
-                    name: name.clone(),
-                    peer_urls: peer_urls.clone(),
-                    // Other members' client URLs arrive when they publish them (with peers).
-                    client_urls: if *id == metadata.member_id {
-                        ctx.member.client_urls.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    is_learner: false,
+                .map(|(name, id, peer_urls)| {
+                    // This member keeps the ID its data dir was created with, whatever the
+                    // flags say now (as etcd does).
+                    let me = *name == cfg.name;
+                    coordinator::members::Member {
+                        id: if me { metadata.member_id } else { *id },
+                        name: name.clone(),
+                        peer_urls: peer_urls.clone(),
+                        // Other members' client URLs arrive when they publish them (with peers).
+                        client_urls: if me {
+                            ctx.member.client_urls.clone()
+                        } else {
+                            Vec::new()
+                        },
+                        is_learner: false,
+                    }
                 })
                 .collect(),
         },

@@ -249,8 +249,22 @@ fn check_intervals(ops: &[s::RequestOp]) -> Result<(Vec<&[u8]>, Vec<Interval<'_>
 }
 
 pub fn txn_out(t: s::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnResponse {
+    // Inside a txn etcd fills only the revision of each op's header, and leaves the header of
+    // a nested txn empty.
+    let inner = pb::ResponseHeader {
+        revision: header.revision,
+        ..Default::default()
+    };
+    txn_out_with(t, Some(*header), &inner)
+}
+
+fn txn_out_with(
+    t: s::TxnResponse,
+    top: Option<pb::ResponseHeader>,
+    inner: &pb::ResponseHeader,
+) -> pb::TxnResponse {
     pb::TxnResponse {
-        header: Some(*header),
+        header: top,
         succeeded: t.succeeded,
         responses: t
             .responses
@@ -260,24 +274,28 @@ pub fn txn_out(t: s::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnRespons
                     s::ResponseOp::Range(r) => {
                         let (kvs, more, count) = range_out(r);
                         PbOpResponse::ResponseRange(pb::RangeResponse {
-                            header: Some(*header),
+                            header: Some(*inner),
                             kvs,
                             more,
                             count,
                         })
                     }
                     s::ResponseOp::Put(p) => PbOpResponse::ResponsePut(pb::PutResponse {
-                        header: Some(*header),
+                        header: Some(*inner),
                         prev_kv: p.prev_kv.map(kv_out),
                     }),
                     s::ResponseOp::DeleteRange(d) => {
                         PbOpResponse::ResponseDeleteRange(pb::DeleteRangeResponse {
-                            header: Some(*header),
+                            header: Some(*inner),
                             deleted: d.deleted,
                             prev_kvs: d.prev_kvs.into_iter().map(kv_out).collect(),
                         })
                     }
-                    s::ResponseOp::Txn(t) => PbOpResponse::ResponseTxn(txn_out(t, header)),
+                    s::ResponseOp::Txn(t) => PbOpResponse::ResponseTxn(txn_out_with(
+                        t,
+                        Some(pb::ResponseHeader::default()),
+                        inner,
+                    )),
                 }),
             })
             .collect(),

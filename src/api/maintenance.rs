@@ -99,8 +99,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let p = &self.ctx.published;
         use std::sync::atomic::Ordering::Acquire;
-        // The shards' bytes, history included: the figure the quota is checked against.
-        let db_size = p.db_size.load(Acquire);
+        // dbSize: bytes on disk (the WAL holds everything); dbSizeInUse: the shards' bytes,
+        // history included, which is what the quota is checked against.
+        let db_size_in_use = p.db_size.load(Acquire);
+        let db_size = (p.wal_bytes.load(Acquire) as i64).max(db_size_in_use);
         let alarms = self
             .ctx
             .coordinator
@@ -122,7 +124,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_term: p.raft_term(),
             raft_applied_index: p.applied_index.load(Acquire),
             errors,
-            db_size_in_use: db_size,
+            db_size_in_use,
             is_learner: false,
         }))
     }
@@ -330,7 +332,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.ctx.header(self.ctx.published.revision())),
+            // etcd's cluster service leaves the revision out of this header.
+            header: Some(self.ctx.header(0)),
             members: members.into_iter().map(member_out).collect(),
         }))
     }

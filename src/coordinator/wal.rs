@@ -137,6 +137,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         }
         let end = offset + HEADER_BYTES + len as usize;
         if end > data.len() {
+            // A record cut short by a crash is the last thing in the file. If a whole, valid
+            // record follows, this length field was damaged instead: corruption, not a tail.
+            if let Some(at) = valid_record_after(&data, offset + 1) {
+                return Err(corrupt(format!(
+                    "record length {len} runs past the end of the file, but a valid record \
+                     follows at offset {at}"
+                )));
+            }
             break; // torn payload
         }
         let payload = &data[offset + HEADER_BYTES..end];
@@ -192,6 +200,28 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         f.sync_all().map_err(io(&path))?;
     }
     Ok(out)
+}
+
+/// The first offset at or after `from` where a complete record with a matching checksum
+/// starts, if any.
+fn valid_record_after(data: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at + HEADER_BYTES <= data.len() {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let end = at + HEADER_BYTES + len;
+        if len as u32 <= RECORD_BYTES_MAX && end <= data.len() && (1..=3).contains(&data[at + 8]) {
+            let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap());
+            let actual = crc32c::crc32c_append(
+                crc32c::crc32c(&[data[at + 8]]),
+                &data[at + HEADER_BYTES..end],
+            );
+            if actual == crc {
+                return Some(at);
+            }
+        }
+        at += 1;
+    }
+    None
 }
 
 /// Writes the bootstrap records of a brand-new member and syncs them (blocking; start-up only).
@@ -335,6 +365,16 @@ mod tests {
             fs::metadata(wal.join(WAL_FILE_NAME)).unwrap().len(),
             good_len as u64
         );
+
+        // A length field damaged so that it runs past the end, with records after it: that is
+        // corruption, not a torn tail, and must not silently drop what follows.
+        let mut damaged = fs::read(wal.join(WAL_FILE_NAME)).unwrap();
+        let second = HEADER_BYTES + 16;
+        damaged[second + 2] ^= 0x02;
+        fs::write(wal.join(WAL_FILE_NAME), &damaged).unwrap();
+        assert!(matches!(recover(&wal), Err(WalError::Corrupt { .. })));
+        damaged[second + 2] ^= 0x02;
+        fs::write(wal.join(WAL_FILE_NAME), &damaged).unwrap();
 
         // Flip one payload bit in the second record: start-up must refuse, naming the offset.
         let mut data = fs::read(wal.join(WAL_FILE_NAME)).unwrap();

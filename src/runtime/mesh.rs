@@ -92,7 +92,12 @@ impl ShardSet {
         revision: i64,
     ) -> Result<Result<RangeResponse, MvccError>, ShardGone> {
         let targets = self.shards_for(&req.key, &req.range_end);
-        if targets.len() == 1 {
+        // etcd's unsorted-with-a-target-and-a-limit case takes the first limit+1 keys in key
+        // order and sorts only those; the merge plan does that for one shard as for many.
+        let quirk = req.sort_order == SortOrder::None
+            && req.sort_target != SortTarget::Key
+            && req.limit > 0;
+        if targets.len() == 1 && !quirk {
             let req = req.clone();
             return self
                 .call(targets[0], move |reply| ShardMsg::Range {
@@ -104,13 +109,23 @@ impl ShardSet {
         }
         let plan = MergePlan::new(req);
         let sub = plan.shard_request.clone();
-        let parts = self
-            .call_all(|reply| ShardMsg::Range {
+        let parts = if targets.len() == 1 {
+            vec![
+                self.call(targets[0], |reply| ShardMsg::Range {
+                    req: sub,
+                    revision,
+                    reply,
+                })
+                .await?,
+            ]
+        } else {
+            self.call_all(|reply| ShardMsg::Range {
                 req: sub.clone(),
                 revision,
                 reply,
             })
-            .await?;
+            .await?
+        };
         let mut ok = Vec::with_capacity(parts.len());
         for p in parts {
             match p {
