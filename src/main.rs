@@ -134,10 +134,8 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         shards: ShardSet::new(shard_txs),
         published: published.clone(),
         member: Arc::new(MemberInfo {
-            name: cfg.name.clone(),
             member_id: metadata.member_id,
             cluster_id: metadata.cluster_id,
-            peer_urls: me.2.clone(),
             client_urls: cfg
                 .advertise_client_urls
                 .iter()

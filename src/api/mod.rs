@@ -20,13 +20,11 @@ use proto::etcdserverpb as pb;
 use crate::coordinator::{CoordinatorHandle, Published};
 use crate::runtime::mesh::ShardSet;
 
-/// What the member reports about itself in headers, Status and MemberList.
+/// What the member reports about itself in headers (MemberList comes from the coordinator).
 #[derive(Clone, Debug)]
 pub struct MemberInfo {
-    pub name: String,
     pub member_id: u64,
     pub cluster_id: u64,
-    pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
 }
 

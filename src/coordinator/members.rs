@@ -35,10 +35,6 @@ impl Members {
         self.by_id.values().cloned().collect()
     }
 
-    pub fn get(&self, id: u64) -> Option<&Member> {
-        self.by_id.get(&id)
-    }
-
     fn url_taken(&self, urls: &[String], except: Option<u64>) -> bool {
         self.by_id
             .values()

@@ -219,6 +219,9 @@ pub struct CoordinatorConfig {
     pub initial_members: Vec<members::Member>,
 }
 
+/// Linearizable reads waiting together for one read index.
+type ReadBatch = Vec<oneshot::Sender<Result<(), EtcdError>>>;
+
 pub struct Coordinator {
     node: RawNode<MemStorage>,
     wal: wal::Wal,
@@ -228,9 +231,9 @@ pub struct Coordinator {
     heartbeat_interval: Duration,
     waiters: HashMap<u64, WriteReply>,
     /// Read-index batches sent to raft, by the context that names them.
-    reads_in_raft: HashMap<u64, Vec<oneshot::Sender<Result<(), EtcdError>>>>,
+    reads_in_raft: HashMap<u64, ReadBatch>,
     /// Reads whose index raft has confirmed, waiting for apply to reach it.
-    reads_waiting_apply: Vec<(u64, Vec<oneshot::Sender<Result<(), EtcdError>>>)>,
+    reads_waiting_apply: Vec<(u64, ReadBatch)>,
     next_request_id: u64,
     next_read_ctx: u64,
     revision: i64,
@@ -238,8 +241,6 @@ pub struct Coordinator {
     applied_index: u64,
     /// Fired once this member serves: it has a leader and has applied an entry of its term.
     on_serving: Option<oneshot::Sender<()>>,
-    /// Where the events of each applied write go (the watch hub, once it exists).
-    events_applied: u64,
     leases: lease::LeaseTable,
     auth: Arc<auth::AuthStore>,
     member_id: u64,
@@ -317,7 +318,6 @@ impl Coordinator {
             compact_revision: 0,
             applied_index: 0,
             on_serving: Some(on_serving),
-            events_applied: 0,
             leases: lease::LeaseTable::new(cfg.lease_ttl_min_secs),
             auth: Arc::new(auth::AuthStore::default()),
             member_id: cfg.member_id,
@@ -503,7 +503,7 @@ impl Coordinator {
         }
     }
 
-    fn start_read(&mut self, batch: Vec<oneshot::Sender<Result<(), EtcdError>>>) {
+    fn start_read(&mut self, batch: ReadBatch) {
         if self.node.raft.leader_id == raft::INVALID_ID {
             for r in batch {
                 let _ = r.send(Err(EtcdError::NoLeader));
@@ -760,7 +760,6 @@ impl Coordinator {
                 .map_err(|e| anyhow::anyhow!("raft entry {index}: a plain put failed: {e}"))?;
             let events = [event];
             self.leases.observe(&events);
-            self.events_applied += 1;
             self.watch.on_apply(main, &events);
             if let Some(tx) = self.waiters.remove(&id) {
                 let _ = tx.send(Ok(WriteOutcome {
@@ -927,7 +926,6 @@ impl Coordinator {
                 "a failed request must not have changed the store"
             );
             self.revision = main;
-            self.events_applied += events.len() as u64;
             self.watch.on_apply(main, &events);
         }
         Ok(result.map(|response| WriteOutcome {

@@ -65,7 +65,6 @@ pub enum ShardMsg {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardStats {
-    pub keys: usize,
     pub bytes: usize,
 }
 
@@ -142,7 +141,6 @@ pub fn handle(store: &mut MvccStore, msg: ShardMsg) {
         }
         ShardMsg::Stats { reply } => {
             let _ = reply.send(ShardStats {
-                keys: store.key_count(),
                 bytes: store.approximate_bytes(),
             });
         }
