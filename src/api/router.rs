@@ -154,31 +154,31 @@ where
         }
         if path.starts_with("/etcdserverpb.Maintenance/") {
             let mut s = self.maintenance.clone();
-            return Box::pin(async move { s.call(req).await });
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         if path.starts_with("/etcdserverpb.Watch/") {
             let mut s = self.watch.clone();
-            return Box::pin(async move { s.call(req).await });
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         if path.starts_with("/etcdserverpb.Lease/") {
             let mut s = self.lease.clone();
-            return Box::pin(async move { s.call(req).await });
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         if path.starts_with("/etcdserverpb.Cluster/") {
             let mut s = self.cluster.clone();
-            return Box::pin(async move { s.call(req).await });
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         if path.starts_with("/etcdserverpb.Auth/") {
             let mut s = super::auth::server(self.ctx.clone());
-            return Box::pin(async move { s.call(req).await });
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         if path.starts_with("/v3electionpb.Election/") {
             let mut s = super::election::server(self.ctx.clone());
-            return Box::pin(async move { s.call(req).await });
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         if path.starts_with("/v3lockpb.Lock/") {
             let mut s = super::lock::server(self.ctx.clone());
-            return Box::pin(async move { s.call(req).await });
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         let is_grpc = req
             .headers()
