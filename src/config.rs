@@ -620,8 +620,8 @@ pub static FLAGS: &[FlagSpec] = &[
     // member
     f("name", Str, "default", G_MEMBER, "Human-readable name of this member.", None),
     f("data-dir", Str, "", G_MEMBER, "Data directory (default '${name}.etcd').", None),
-    f("wal-dir", Str, "", G_MEMBER, "Separate directory for the WAL.", NE_LATER),
-    f("snapshot-count", Uint, "100000", G_MEMBER, "Committed entries between snapshots (rusd: WAL checkpoints).", Some("no raft snapshots or WAL checkpoints yet: the WAL is kept whole and replayed at start-up")),
+    f("wal-dir", Str, "", G_MEMBER, "Separate directory for the WAL.", None),
+    f("snapshot-count", Uint, "100000", G_MEMBER, "Number of committed transactions to trigger a snapshot to disk (rusd: a checkpoint: shard segments synced, coordinator state saved, older WAL files removed).", None),
     f("heartbeat-interval", Uint, "100", G_MEMBER, "Heartbeat interval in milliseconds.", None),
     f("election-timeout", Uint, "1000", G_MEMBER, "Election timeout in milliseconds.", None),
     f("initial-election-tick-advance", Bool, "true", G_MEMBER, "Fast-forward election ticks at boot.", NE_CLUSTER),

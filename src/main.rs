@@ -11,6 +11,7 @@ mod ids;
 #[macro_use]
 mod logging;
 mod net;
+mod recovery;
 mod runtime;
 
 use std::ffi::OsString;
@@ -81,7 +82,12 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .wal_dir
         .clone()
         .unwrap_or_else(|| wal::wal_dir(&cfg.data_dir));
-    let mut recovered = wal::recover(&wal_dir).context("recovering the WAL")?;
+    // The checkpoint first: it says which WAL entries are still needed and where the shards'
+    // segment logs stop.
+    let mut checkpoint =
+        coordinator::checkpoint::read(&coordinator::checkpoint::checkpoint_dir(&cfg.data_dir))?;
+    let checkpoint_index = checkpoint.as_ref().map_or(0, |c| c.raft_index);
+    let mut recovered = wal::recover(&wal_dir, checkpoint_index).context("recovering the WAL")?;
     if recovered.truncated_bytes > 0 {
         log_warn!(
             "truncated a torn write at the end of the WAL",
@@ -108,7 +114,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                 member_id: me.1,
                 cluster_id: ids::initial_cluster_id(&cfg),
             };
-            recovered.end_offset = wal::bootstrap(&wal_dir, m, recovered.end_offset)?;
+            wal::bootstrap(&wal_dir, &mut recovered, m)?;
             m
         }
     };
@@ -117,8 +123,24 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         "local-member-id" => ids::format_id(metadata.member_id),
         "cluster-id" => ids::format_id(metadata.cluster_id),
         "shards" => shard_count,
+        "checkpoint-index" => checkpoint_index,
         "recovered-entries" => recovered.entries.len()
     );
+    let started = std::time::Instant::now();
+    let recovered_shards =
+        recovery::recover_shards(&cfg.data_dir, shard_count, checkpoint.as_mut())?;
+    log_info!(
+        "recovered the shards",
+        "shards" => shard_count,
+        "keys" => recovered_shards.shards.iter().map(|s| s.store.key_count()).sum::<usize>(),
+        "took" => format!("{:?}", started.elapsed())
+    );
+    let restored = coordinator::Restored {
+        checkpoint,
+        lease_keys: recovered_shards.lease_keys,
+    };
+    let mut shard_states: Vec<Option<runtime::shard::Shard>> =
+        recovered_shards.shards.into_iter().map(Some).collect();
 
     let (coord_tx, coord_rx) = flume::bounded(coordinator::COORDINATOR_INBOX_MAX);
     let mut shard_rxs = Vec::with_capacity(shard_count);
@@ -130,7 +152,11 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let published = Arc::new(Published::default());
     let ctx = Context {
-        coordinator: CoordinatorHandle::new(coord_tx),
+        coordinator: CoordinatorHandle::new(
+            coord_tx,
+            // etcd's ReqTimeout: 5 s plus two election timeouts.
+            Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms),
+        ),
         shards: ShardSet::new(shard_txs),
         published: published.clone(),
         member: Arc::new(MemberInfo {
@@ -158,6 +184,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
     let mut coordinator_parts = Some((
         recovered,
+        restored,
         wal_dir.clone(),
         coord_rx,
         serving_tx,
@@ -167,6 +194,8 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2)
                 as usize,
             lease_ttl_min_secs: lease_ttl_min_secs(&cfg),
+            snapshot_count: cfg.snapshot_count,
+            checkpoint_dir: coordinator::checkpoint::checkpoint_dir(&cfg.data_dir),
             quota_bytes: cfg.effective_quota_backend_bytes(),
             watch_progress_interval: Duration::from_millis(
                 cfg.experimental_watch_progress_notify_interval_ms,
@@ -205,6 +234,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             None
         };
         let fatal = fatal_tx.clone();
+        let shard_state = shard_states[core].take().expect("one state per shard");
         let limits = net::ServeLimits {
             max_concurrent_streams: cfg.max_concurrent_streams,
         };
@@ -213,8 +243,8 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .io_memory(runtime::IO_MEMORY_BYTES)
             .spawn(move || async move {
                 glommio::spawn_local(runtime::wakeup_guard()).detach();
-                glommio::spawn_local(runtime::shard::run(rx)).detach();
-                if let Some((recovered, wal_dir, coord_rx, serving_tx, ccfg)) = parts {
+                glommio::spawn_local(runtime::shard::run(rx, shard_state)).detach();
+                if let Some((recovered, restored, wal_dir, coord_rx, serving_tx, ccfg)) = parts {
                     let shards = ctx.shards.clone();
                     let queue = glommio::executor().create_task_queue(
                         glommio::Shares::Static(1000),
@@ -226,8 +256,8 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
                         async move {
                             let result = async {
                                 let c = Coordinator::new(
-                                    ccfg, recovered, &wal_dir, shards, published, coord_rx,
-                                    serving_tx,
+                                    ccfg, recovered, restored, &wal_dir, shards, published,
+                                    coord_rx, serving_tx,
                                 )
                                 .await?;
                                 c.run().await

@@ -7,6 +7,8 @@
 //! - the next write after the restart gets the next revision.
 //!
 //! Five crashes per shard count, on the same data dir (recovery of a recovered log included).
+//! `--snapshot-count 100` makes the member checkpoint many times per round, so crashes land
+//! before, during and after checkpoints (shard segment syncs, the state file, WAL removal).
 //! The schedule is seeded: the seed is printed, and `CRASH_SEED=<seed>` replays it.
 
 mod common;
@@ -15,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use common::ops;
-use common::{b, each_shards, s, Client, Rng, Server};
+use common::{b, each_shards, s, Client, Rng, ServerOpts};
 
 const CRASHES: usize = 5;
 const PUT_WRITERS: usize = 3;
@@ -155,7 +157,10 @@ fn kill_9_during_concurrent_writes() {
 
     each_shards(|shards| async move {
         let mut rng = Rng::new(seed ^ shards as u64);
-        let mut srv = Server::start(shards);
+        let mut srv = ServerOpts::new(shards)
+            .arg("--snapshot-count")
+            .arg("100")
+            .start();
         let mut all_acked: Vec<Acked> = Vec::new();
         let mut current = 1;
         for round in 0..CRASHES {

@@ -25,18 +25,7 @@ struct Observed {
 async fn observe(c: &mut Client) -> Observed {
     let revision = c.revision().await;
     let hk = c.hash_kv(0).await;
-    let mut history = Vec::new();
-    for rev in hk.compact_revision.max(1)..=revision {
-        let r = c
-            .range(pb::RangeRequest {
-                key: b("\0"),
-                range_end: b("\0"),
-                revision: rev,
-                ..Default::default()
-            })
-            .await;
-        history.push((rev, r.kvs));
-    }
+    let history = c.history(hk.compact_revision.max(1), revision).await;
     Observed {
         revision,
         compact_revision: hk.compact_revision,

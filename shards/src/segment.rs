@@ -332,8 +332,22 @@ impl<S: Storage> SegmentLog<S> {
     /// recorded. A torn tail record of the last segment is truncated; any other damage is an
     /// error naming the file and offset.
     pub fn open(
+        storage: S,
+        segment_bytes_max: u64,
+    ) -> Result<(Self, MvccStore, u64), SegmentError> {
+        Self::open_at(storage, segment_bytes_max, None)
+    }
+
+    /// `open`, for a server whose durable state is a checkpoint at raft index `checkpoint`:
+    /// the store is rebuilt as of that index exactly, because the server replays its WAL from
+    /// there. Segments started after that checkpoint (their first record is past it: written
+    /// after the rotation a checkpoint ends with, see `rotate`) are removed, and a new active
+    /// segment is started so that later records never share a segment with older ones. A
+    /// record past the checkpoint inside an older segment breaks that invariant: an error.
+    pub fn open_at(
         mut storage: S,
         segment_bytes_max: u64,
+        checkpoint: Option<u64>,
     ) -> Result<(Self, MvccStore, u64), SegmentError> {
         let mut generations: BTreeMap<u64, Vec<(u32, String)>> = BTreeMap::new();
         for name in storage.list().map_err(io_error("<segment directory>"))? {
@@ -376,6 +390,15 @@ impl<S: Storage> SegmentLog<S> {
             };
             chosen.push(picked);
         }
+        if let Some(limit) = checkpoint {
+            // Segments are in index order, so those past the checkpoint are a suffix.
+            if let Some(first_past) = chosen
+                .iter()
+                .position(|(_, _, _, bytes)| first_record_index(bytes).is_some_and(|i| i > limit))
+            {
+                stale.extend(chosen.drain(first_past..).map(|(_, _, name, _)| name));
+            }
+        }
         for name in stale {
             storage.remove(&name).map_err(io_error(&name))?;
         }
@@ -388,8 +411,15 @@ impl<S: Storage> SegmentLog<S> {
             let is_last = position + 1 == chosen_count;
             let mut segment = Segment::new(sequence, generation);
             segment.name = name;
-            let valid_len =
-                replay_segment(&mut store, &mut applied, &mut segment, &bytes, is_last)?;
+            let limit = checkpoint.unwrap_or(u64::MAX);
+            let valid_len = replay_segment(
+                &mut store,
+                &mut applied,
+                &mut segment,
+                &bytes,
+                is_last,
+                limit,
+            )?;
             if valid_len < bytes.len() as u64 {
                 storage
                     .truncate(&segment.name, valid_len)
@@ -433,7 +463,33 @@ impl<S: Storage> SegmentLog<S> {
                 log.storage.sync(&name).map_err(io_error(&name))?;
             }
         }
+        if checkpoint.is_some() {
+            log.rotate()?;
+        }
         Ok((log, store, last_raft_index))
+    }
+
+    /// Syncs the active segment and, if it holds any record, starts a new one. The server
+    /// rotates at every checkpoint, so each segment lies wholly at or before a checkpoint or
+    /// wholly after it, and `open_at` can drop what a crash left past the checkpoint.
+    pub fn rotate(&mut self) -> Result<(), SegmentError> {
+        self.usable()?;
+        let active = self
+            .segments
+            .last()
+            .expect("an open log has an active segment");
+        let name = active.name.clone();
+        let sequence = active.sequence + 1;
+        let has_records = active.len > header_frame_bytes();
+        let result = self.storage.sync(&name).map_err(io_error(&name));
+        self.guarded(result)?;
+        self.synced_raft_index = self.last_raft_index;
+        self.durable_compact_revision = self.appended_compact_revision;
+        if has_records {
+            let result = self.start_segment(sequence);
+            self.guarded(result)?;
+        }
+        Ok(())
     }
 
     fn start_segment(&mut self, sequence: u64) -> Result<(), SegmentError> {
@@ -869,12 +925,45 @@ fn read_frame_at<S: Storage>(
 }
 
 /// Applies one segment's records to `store`; returns the length of its valid prefix.
+/// The raft index of a segment's first record after its header, if it has one that parses.
+fn first_record_index(bytes: &[u8]) -> Option<u64> {
+    let mut offset = 0;
+    loop {
+        let Parsed::Record {
+            kind,
+            payload,
+            next,
+        } = parse_frame(bytes, offset)
+        else {
+            return None;
+        };
+        let payload = aligned(payload);
+        match kind {
+            RecordType::Header => offset = next,
+            RecordType::Events => {
+                let record = rkyv::access::<ArchivedEventsRecord, rancor::Error>(&payload).ok()?;
+                return Some(record.raft_index.to_native());
+            }
+            RecordType::Compaction => {
+                let record =
+                    rkyv::access::<ArchivedCompactionRecord, rancor::Error>(&payload).ok()?;
+                return Some(record.raft_index.to_native());
+            }
+            RecordType::Seal => {
+                let record = rkyv::access::<ArchivedSealRecord, rancor::Error>(&payload).ok()?;
+                return Some(record.raft_index.to_native());
+            }
+        }
+    }
+}
+
 fn replay_segment(
     store: &mut MvccStore,
     applied: &mut u64,
     segment: &mut Segment,
     bytes: &[u8],
     is_last: bool,
+    limit: u64,
 ) -> Result<u64, SegmentError> {
     let mut offset = 0usize;
     let file = segment.name.clone();
@@ -883,6 +972,14 @@ fn replay_segment(
             file: file.clone(),
             offset: offset as u64,
             reason,
+        };
+        let past_limit = |raft_index: u64| {
+            (raft_index > limit).then(|| {
+                corrupt(format!(
+                    "record at raft index {raft_index} is past the checkpoint at {limit} in a \
+                     segment that starts before it"
+                ))
+            })
         };
         let (kind, payload, next) = match parse_frame(bytes, offset) {
             Parsed::End => return Ok(offset as u64),
@@ -926,6 +1023,9 @@ fn replay_segment(
                     .map_err(|error| corrupt(format!("undecodable events record: {error}")))?;
                 let raft_index = record.raft_index.to_native();
                 let revision = record.revision.to_native();
+                if let Some(error) = past_limit(raft_index) {
+                    return Err(error);
+                }
                 segment.last_raft_index = segment.last_raft_index.max(raft_index);
                 segment.note_events(revision, !record.events.is_empty());
                 if raft_index > *applied {
@@ -953,6 +1053,9 @@ fn replay_segment(
                 let record = rkyv::access::<ArchivedCompactionRecord, rancor::Error>(&payload)
                     .map_err(|error| corrupt(format!("undecodable compaction record: {error}")))?;
                 let raft_index = record.raft_index.to_native();
+                if let Some(error) = past_limit(raft_index) {
+                    return Err(error);
+                }
                 segment.last_raft_index = segment.last_raft_index.max(raft_index);
                 if raft_index > *applied {
                     store.start_compaction(record.compact_revision.to_native());
@@ -963,6 +1066,9 @@ fn replay_segment(
                 let record = rkyv::access::<ArchivedSealRecord, rancor::Error>(&payload)
                     .map_err(|error| corrupt(format!("undecodable seal: {error}")))?;
                 let raft_index = record.raft_index.to_native();
+                if let Some(error) = past_limit(raft_index) {
+                    return Err(error);
+                }
                 segment.last_raft_index = segment.last_raft_index.max(raft_index);
                 segment.max_revision = segment.max_revision.max(record.revision.to_native());
                 *applied = (*applied).max(raft_index);

@@ -948,6 +948,19 @@ impl MvccStore {
         self.push_entry(key, entry);
     }
 
+    /// Every live key attached to a lease, with its lease: what the server's lease table needs
+    /// after a restart from a checkpoint (attachments are not persisted separately).
+    pub fn leased_keys(&self) -> Vec<(Bytes, i64)> {
+        self.keys
+            .iter()
+            .filter_map(|(key, entries)| {
+                let newest = entries.last()?;
+                (!newest.is_tombstone() && newest.lease != 0)
+                    .then(|| (Bytes::copy_from_slice(key), newest.lease))
+            })
+            .collect()
+    }
+
     /// Every version still held, as put/delete events without prev_kv, in (revision,
     /// sub-revision) order: what a snapshot or a rewritten segment must carry. Replaying them
     /// with `apply_event` and then compacting at `compact_revision` rebuilds an equal store.

@@ -79,6 +79,35 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Applies `op` as the next raft entry and logs it (entries without events only when
+/// `log_empty`, as the server skips them).
+fn apply_and_log(
+    store: &mut MvccStore,
+    log: &mut SegmentLog<MemStorage>,
+    entries: &mut Vec<Entry>,
+    revision: &mut i64,
+    op: &Op,
+    log_empty: bool,
+) {
+    let raft_index = entries.len() as u64 + 1;
+    let main = *revision + 1;
+    let (events, wrote) = apply(store, main, op);
+    if let Op::Compact(..) = op {
+        log.append_compaction(raft_index, store.compact_revision())
+            .unwrap();
+    } else if log_empty || !events.is_empty() {
+        log.append(raft_index, main, &events).unwrap();
+    }
+    if wrote {
+        *revision += 1;
+    }
+    entries.push(Entry {
+        raft_index,
+        main,
+        op: op.clone(),
+    });
+}
+
 /// Runs `steps` against a live store and log, crashes keeping `kept` unsynced bytes, reopens,
 /// replays the WAL and compares with the store that never crashed.
 fn crash_and_recover(
@@ -92,23 +121,7 @@ fn crash_and_recover(
     for step in steps {
         match step {
             Step::Op(op) => {
-                let raft_index = entries.len() as u64 + 1;
-                let main = revision + 1;
-                let (events, wrote) = apply(&mut store, main, op);
-                if let Op::Compact(..) = op {
-                    log.append_compaction(raft_index, store.compact_revision())
-                        .unwrap();
-                } else {
-                    log.append(raft_index, main, &events).unwrap();
-                }
-                if wrote {
-                    revision += 1;
-                }
-                entries.push(Entry {
-                    raft_index,
-                    main,
-                    op: op.clone(),
-                });
+                apply_and_log(&mut store, &mut log, &mut entries, &mut revision, op, true)
             }
             Step::Sync => {
                 prop_assert_eq!(log.sync().unwrap(), entries.len() as u64);
@@ -144,6 +157,86 @@ proptest! {
     ) {
         crash_and_recover(&steps, kept, segment_bytes_max)?;
     }
+}
+
+/// The server's checkpoint cycle: a checkpoint rotates the log, and the server's durable
+/// checkpoint index is the last one whose state file was written. A crash may come after the
+/// last rotation but before its state file (`lose_last`). Reopening at the durable checkpoint
+/// and replaying the WAL from there must give the store that never crashed.
+fn checkpoint_and_recover(
+    steps: &[Step],
+    kept: usize,
+    segment_bytes_max: u64,
+    lose_last: bool,
+) -> Result<(), TestCaseError> {
+    let (mut log, mut store, _) = SegmentLog::open(MemStorage::new(), segment_bytes_max).unwrap();
+    let mut entries = Vec::new();
+    let mut checkpoints = vec![0u64];
+    let mut revision = 1i64;
+    for step in steps {
+        match step {
+            // The server only records entries that touched the shard.
+            Step::Op(op) => {
+                apply_and_log(&mut store, &mut log, &mut entries, &mut revision, op, false)
+            }
+            Step::Sync => {
+                log.rotate().unwrap();
+                checkpoints.push(entries.len() as u64);
+            }
+            Step::Reclaim(budget) => {
+                log.compact_step(&store, *budget).unwrap();
+            }
+        }
+    }
+    if lose_last && checkpoints.len() > 1 {
+        checkpoints.pop();
+    }
+    let checkpoint = *checkpoints.last().unwrap();
+    let mut storage = log.into_storage();
+    storage.crash(kept);
+    let (mut log, mut recovered, recovered_index) =
+        SegmentLog::open_at(storage, segment_bytes_max, Some(checkpoint)).unwrap();
+    prop_assert!(recovered_index <= checkpoint);
+    replay(&mut recovered, &entries, checkpoint);
+    assert_same(&recovered, &store)?;
+    // The reopened log takes new records after the checkpoint and can be reopened at it again.
+    log.append(entries.len() as u64 + 1, revision + 1, &[])
+        .unwrap();
+    log.sync().unwrap();
+    let (_, again, _) =
+        SegmentLog::open_at(log.into_storage(), segment_bytes_max, Some(checkpoint)).unwrap();
+    let mut expected = MvccStore::new();
+    replay(&mut expected, &entries, 0);
+    let mut replayed = again;
+    replay(&mut replayed, &entries, checkpoint);
+    assert_same(&replayed, &expected)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reopening_at_a_checkpoint_drops_what_came_after_it(
+        steps in prop::collection::vec(step(), 1..40),
+        kept in prop_oneof![Just(0usize), Just(usize::MAX), 0usize..300],
+        segment_bytes_max in prop_oneof![Just(256u64), Just(1024), Just(1 << 20)],
+        lose_last in any::<bool>(),
+    ) {
+        checkpoint_and_recover(&steps, kept, segment_bytes_max, lose_last)?;
+    }
+}
+
+#[test]
+fn a_record_past_the_checkpoint_in_an_older_segment_is_an_error() {
+    let (mut log, mut store, _) = SegmentLog::open(MemStorage::new(), 1 << 20).unwrap();
+    fill(&mut log, &mut store, 1, 10);
+    log.sync().unwrap();
+    // No rotation at index 5: records 6..10 share a segment with 1..5.
+    let error = SegmentLog::open_at(log.into_storage(), 1 << 20, Some(5)).unwrap_err();
+    assert!(
+        error.to_string().contains("past the checkpoint at 5"),
+        "{error}"
+    );
 }
 
 fn b(text: &str) -> Bytes {

@@ -204,6 +204,77 @@ impl AuthStore {
         self.refresh_cache();
     }
 
+    /// The replicated state, for a checkpoint.
+    pub fn to_record(&self) -> super::checkpoint::AuthRecord {
+        use super::checkpoint::{PermissionRecord, RoleRecord, UserRecord};
+        super::checkpoint::AuthRecord {
+            enabled: self.enabled,
+            revision: self.revision,
+            users: self
+                .users
+                .values()
+                .map(|u| UserRecord {
+                    name: u.name.clone(),
+                    password_hash: u.password_hash.clone(),
+                    roles: u.roles.clone(),
+                })
+                .collect(),
+            roles: self
+                .roles
+                .iter()
+                .map(|(name, role)| RoleRecord {
+                    name: name.clone(),
+                    perms: role
+                        .perms
+                        .iter()
+                        .map(|p| PermissionRecord {
+                            key: p.key.to_vec(),
+                            range_end: p.range_end.to_vec(),
+                            perm: p.perm as i32,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The state a checkpoint recorded. An unknown permission type is corruption.
+    pub fn from_record(r: &super::checkpoint::AuthRecord) -> Result<AuthStore, String> {
+        let mut store = AuthStore {
+            enabled: r.enabled,
+            revision: r.revision,
+            users: r
+                .users
+                .iter()
+                .map(|u| {
+                    let user = User {
+                        name: u.name.clone(),
+                        password_hash: u.password_hash.clone(),
+                        roles: u.roles.clone(),
+                    };
+                    (u.name.clone(), user)
+                })
+                .collect(),
+            roles: BTreeMap::new(),
+            cache: HashMap::new(),
+        };
+        for role in &r.roles {
+            let mut perms = Vec::with_capacity(role.perms.len());
+            for p in &role.perms {
+                let perm = PermType::from_i32(p.perm)
+                    .ok_or_else(|| format!("role {:?}: permission type {}", role.name, p.perm))?;
+                perms.push(Permission {
+                    key: Bytes::copy_from_slice(&p.key),
+                    range_end: Bytes::copy_from_slice(&p.range_end),
+                    perm,
+                });
+            }
+            store.roles.insert(role.name.clone(), Role { perms });
+        }
+        store.refresh_cache();
+        Ok(store)
+    }
+
     fn refresh_cache(&mut self) {
         self.cache = self
             .users

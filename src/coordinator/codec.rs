@@ -64,6 +64,24 @@ pub enum AlarmKind {
     Corrupt,
 }
 
+impl AlarmKind {
+    /// The AlarmType wire number.
+    pub fn number(self) -> i32 {
+        match self {
+            AlarmKind::NoSpace => 1,
+            AlarmKind::Corrupt => 2,
+        }
+    }
+
+    pub fn from_number(n: i32) -> Option<AlarmKind> {
+        match n {
+            1 => Some(AlarmKind::NoSpace),
+            2 => Some(AlarmKind::Corrupt),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("malformed request in raft entry: {0}")]
 pub struct DecodeError(&'static str);
@@ -121,10 +139,7 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
             out.put_u8(TAG_ALARM);
             out.put_u8(u8::from(*activate));
             out.put_u64_le(*member_id);
-            out.put_u8(match alarm {
-                AlarmKind::NoSpace => 1,
-                AlarmKind::Corrupt => 2,
-            });
+            out.put_u8(alarm.number() as u8);
         }
         WriteRequest::MemberAdd(m) => {
             out.put_u8(TAG_MEMBER_ADD);
@@ -177,11 +192,8 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
                 return Err(DecodeError("truncated alarm"));
             }
             let member_id = buf.get_u64_le();
-            let alarm = match get_u8(&mut buf)? {
-                1 => AlarmKind::NoSpace,
-                2 => AlarmKind::Corrupt,
-                _ => return Err(DecodeError("bad alarm type")),
-            };
+            let alarm = AlarmKind::from_number(i32::from(get_u8(&mut buf)?))
+                .ok_or(DecodeError("bad alarm type"))?;
             WriteRequest::Alarm {
                 activate,
                 member_id,

@@ -147,6 +147,38 @@ impl LeaseTable {
     }
 
     /// Keeps key attachments in step with what an apply did.
+    /// Every lease and its TTL, for a checkpoint.
+    pub fn records(&self) -> Vec<(i64, i64)> {
+        self.leases
+            .iter()
+            .map(|(id, l)| (*id, l.ttl_secs))
+            .collect()
+    }
+
+    /// A checkpoint's lease, with no clock running (the leader starts clocks on promotion).
+    pub fn restore(&mut self, id: i64, ttl_secs: i64) {
+        self.leases.insert(
+            id,
+            Lease {
+                ttl_secs,
+                keys: BTreeSet::new(),
+                expiry: None,
+                revoking: false,
+            },
+        );
+    }
+
+    /// Attaches a key found in a shard after a restart; false if the lease is unknown.
+    pub fn attach(&mut self, id: i64, key: Bytes) -> bool {
+        match self.leases.get_mut(&id) {
+            Some(l) => {
+                l.keys.insert(key);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn observe(&mut self, events: &[Event]) {
         for e in events {
             let old = e.prev_kv.as_ref().map_or(0, |p| p.lease);

@@ -53,6 +53,14 @@ impl Members {
         Ok(())
     }
 
+    /// After a restart: this member's name and client URLs are the ones it runs with now.
+    pub fn refresh_local(&mut self, me: &Member) {
+        if let Some(m) = self.by_id.get_mut(&me.id) {
+            m.name = me.name.clone();
+            m.client_urls = me.client_urls.clone();
+        }
+    }
+
     pub fn update_peer_urls(&mut self, id: u64, peer_urls: Vec<String>) -> Result<(), MemberError> {
         if !self.by_id.contains_key(&id) {
             return Err(MemberError::NotFound);

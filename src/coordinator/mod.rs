@@ -3,6 +3,7 @@
 //! order by driving the shards, and answers the proposers.
 
 pub mod auth;
+pub mod checkpoint;
 pub mod codec;
 pub mod lease;
 pub mod members;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{select, Either};
-use raft::eraftpb::{ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfState, Entry, EntryType, Snapshot};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 use shards::{
@@ -44,6 +45,10 @@ const RAFT_LOG_RETAINED_ENTRIES: u64 = 5000;
 const DB_SIZE_REFRESH_INTERVAL: Duration = Duration::from_millis(20);
 /// etcd refuses new proposals while this many committed entries are not yet applied.
 pub const UNAPPLIED_ENTRIES_MAX: u64 = 5000;
+/// A checkpoint is also taken this long after the last one if anything was applied since, so
+/// the unsynced part of the shards' segments and the WAL replay at start-up stay small on a
+/// member that writes too slowly to reach --snapshot-count.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// State the coordinator publishes for every core to read without a round trip: the revisions
 /// a read resolves against and what Status reports. Only the coordinator writes it.
@@ -162,19 +167,36 @@ pub enum CoordMsg {
 #[derive(Clone)]
 pub struct CoordinatorHandle {
     tx: flume::Sender<CoordMsg>,
+    /// etcd's request timeout (5 s + 2 election timeouts): a proposal or linearizable read not
+    /// answered by then fails with "etcdserver: request timed out" (it may still apply later,
+    /// as in etcd).
+    request_timeout: Duration,
 }
 
 impl CoordinatorHandle {
-    pub fn new(tx: flume::Sender<CoordMsg>) -> Self {
-        CoordinatorHandle { tx }
+    pub fn new(tx: flume::Sender<CoordMsg>, request_timeout: Duration) -> Self {
+        CoordinatorHandle {
+            tx,
+            request_timeout,
+        }
     }
 
     pub async fn propose(&self, req: WriteRequest) -> Result<WriteOutcome, EtcdError> {
-        self.ask(|reply| CoordMsg::Propose { req, reply }).await?
+        self.ask_within(|reply| CoordMsg::Propose { req, reply })
+            .await?
     }
 
     pub async fn read_index(&self) -> Result<(), EtcdError> {
-        self.ask(|reply| CoordMsg::ReadIndex { reply }).await?
+        self.ask_within(|reply| CoordMsg::ReadIndex { reply })
+            .await?
+    }
+
+    /// `ask`, failing with `EtcdError::Timeout` after the request timeout.
+    async fn ask_within<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> CoordMsg,
+    ) -> Result<T, EtcdError> {
+        self.ask_for(make, Some(self.request_timeout)).await
     }
 
     /// Sends a message that needs no answer.
@@ -192,16 +214,34 @@ impl CoordinatorHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> CoordMsg,
     ) -> Result<T, EtcdError> {
+        self.ask_for(make, None).await
+    }
+
+    async fn ask_for<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> CoordMsg,
+        timeout: Option<Duration>,
+    ) -> Result<T, EtcdError> {
         let (reply, rx) = oneshot::channel();
         let msg = make(reply);
         let tx = self.tx.clone();
         crate::runtime::on_this_core(async move {
-            tx.send_async(msg).await.ok()?;
-            rx.await.ok()
+            let answer = async move {
+                tx.send_async(msg).await.ok()?;
+                rx.await.ok()
+            };
+            let Some(timeout) = timeout else {
+                return answer.await.ok_or(EtcdError::Stopped);
+            };
+            let timer = glommio::timer::sleep(timeout);
+            futures::pin_mut!(answer, timer);
+            match select(answer, timer).await {
+                Either::Left((answer, _)) => answer.ok_or(EtcdError::Stopped),
+                Either::Right(_) => Err(EtcdError::Timeout),
+            }
         })
         .await
-        .flatten()
-        .ok_or(EtcdError::Stopped)
+        .unwrap_or(Err(EtcdError::Stopped))
     }
 }
 
@@ -217,6 +257,24 @@ pub struct CoordinatorConfig {
     pub quota_bytes: i64,
     /// The members of --initial-cluster (this one with its client URLs).
     pub initial_members: Vec<members::Member>,
+    /// --snapshot-count: applied entries between checkpoints.
+    pub snapshot_count: u64,
+    /// Where the checkpoint file lives (`member/snap`).
+    pub checkpoint_dir: std::path::PathBuf,
+}
+
+/// What start-up recovered besides the WAL: the last checkpoint, and the lease attachments
+/// found in the shards' stores (they are derived state, not checkpointed).
+#[derive(Default)]
+pub struct Restored {
+    pub checkpoint: Option<checkpoint::CheckpointState>,
+    pub lease_keys: Vec<(Bytes, i64)>,
+}
+
+/// A checkpoint whose shard syncs and state file are being written.
+struct CheckpointInFlight {
+    index: u64,
+    done: oneshot::Receiver<Result<(), String>>,
 }
 
 /// Linearizable reads waiting together for one read index.
@@ -254,6 +312,14 @@ pub struct Coordinator {
     /// When the db size was last read from the shards, and whether anything was applied since.
     db_size_read_at: Instant,
     db_size_stale: bool,
+    /// The raft index of the entry being applied: shard writes carry it into their segments.
+    applying_index: u64,
+    snapshot_count: u64,
+    checkpoint_dir: std::path::PathBuf,
+    /// The newest durable checkpoint, and when it was taken.
+    checkpoint_index: u64,
+    checkpoint_at: Instant,
+    checkpoint_in_flight: Option<CheckpointInFlight>,
 }
 
 impl Coordinator {
@@ -263,14 +329,31 @@ impl Coordinator {
     pub async fn new(
         cfg: CoordinatorConfig,
         recovered: wal::Recovered,
+        restored: Restored,
         wal_dir: &std::path::Path,
         shards: ShardSet,
         published: Arc<Published>,
         inbox: flume::Receiver<CoordMsg>,
         on_serving: oneshot::Sender<()>,
     ) -> anyhow::Result<Coordinator> {
-        let storage =
-            MemStorage::new_with_conf_state(ConfState::from((vec![cfg.member_id], vec![])));
+        let checkpoint = restored.checkpoint.unwrap_or_default();
+        let storage = if checkpoint.raft_index == 0 {
+            MemStorage::new_with_conf_state(ConfState::from((vec![cfg.member_id], vec![])))
+        } else {
+            // Raft starts from the checkpoint as from a snapshot: its log begins after it.
+            let storage = MemStorage::new();
+            let mut snapshot = Snapshot::default();
+            let meta = snapshot.mut_metadata();
+            meta.index = checkpoint.raft_index;
+            meta.term = checkpoint.raft_term;
+            *meta.mut_conf_state() =
+                ConfState::from((checkpoint.voters.clone(), checkpoint.learners.clone()));
+            storage
+                .wl()
+                .apply_snapshot(snapshot)
+                .map_err(|e| anyhow::anyhow!("restoring the checkpoint into raft: {e}"))?;
+            storage
+        };
         {
             let mut w = storage.wl();
             w.append(&recovered.entries)
@@ -281,7 +364,7 @@ impl Coordinator {
             id: cfg.member_id,
             election_tick: cfg.election_ticks,
             heartbeat_tick: 1,
-            applied: 0,
+            applied: checkpoint.raft_index,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             check_quorum: true,
@@ -293,11 +376,69 @@ impl Coordinator {
         let mut node = RawNode::new(&raft_cfg, storage, &logger)?;
         // A single voter needs no election timeout: campaign at once, as etcd effectively does.
         node.campaign()?;
-        let wal = wal::Wal::open(wal_dir, recovered.end_offset).await?;
-        published.revision.store(1, Ordering::Release);
+        let wal = wal::Wal::open(wal_dir, &recovered).await?;
         published
             .wal_bytes
-            .store(recovered.end_offset, Ordering::Release);
+            .store(wal.size_bytes(), Ordering::Release);
+
+        // Coordinator state as of the checkpoint (or the empty state of a new member).
+        let revision = checkpoint.revision.max(1);
+        let mut leases = lease::LeaseTable::new(cfg.lease_ttl_min_secs);
+        for l in &checkpoint.leases {
+            leases.restore(l.id, l.ttl_secs);
+        }
+        for (key, id) in restored.lease_keys {
+            if !leases.attach(id, key.clone()) {
+                anyhow::bail!(
+                    "recovery: key {:?} is attached to lease {id:x}, which the checkpoint does \
+                     not have",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+        }
+        let auth = if checkpoint.raft_index == 0 {
+            auth::AuthStore::default()
+        } else {
+            auth::AuthStore::from_record(&checkpoint.auth)
+                .map_err(|e| anyhow::anyhow!("checkpoint auth state: {e}"))?
+        };
+        let auth = Arc::new(auth);
+        published.auth.publish(auth.clone());
+        let mut members = members::Members::new(cfg.initial_members.clone());
+        if checkpoint.raft_index > 0 {
+            members = members::Members::new(
+                checkpoint
+                    .members
+                    .iter()
+                    .map(|m| members::Member {
+                        id: m.id,
+                        name: m.name.clone(),
+                        peer_urls: m.peer_urls.clone(),
+                        client_urls: m.client_urls.clone(),
+                        is_learner: m.is_learner,
+                    })
+                    .collect(),
+            );
+            // This member's name and client URLs are what it runs with now.
+            if let Some(me) = cfg.initial_members.iter().find(|m| m.id == cfg.member_id) {
+                members.refresh_local(me);
+            }
+        }
+        let mut alarms = std::collections::BTreeSet::new();
+        for a in &checkpoint.alarms {
+            let kind = AlarmKind::from_number(a.alarm)
+                .ok_or_else(|| anyhow::anyhow!("checkpoint: unknown alarm type {}", a.alarm))?;
+            alarms.insert((a.member_id, kind));
+        }
+        let nospace = alarms.iter().any(|(_, a)| *a == AlarmKind::NoSpace);
+        published.nospace.store(nospace, Ordering::Release);
+        published.revision.store(revision, Ordering::Release);
+        published
+            .compact_revision
+            .store(checkpoint.compact_revision, Ordering::Release);
+        published
+            .applied_index
+            .store(checkpoint.raft_index, Ordering::Release);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -314,22 +455,28 @@ impl Coordinator {
             reads_waiting_apply: Vec::new(),
             next_request_id: seed,
             next_read_ctx: 1,
-            revision: 1,
-            compact_revision: 0,
-            applied_index: 0,
+            revision,
+            compact_revision: checkpoint.compact_revision,
+            applied_index: checkpoint.raft_index,
             on_serving: Some(on_serving),
-            leases: lease::LeaseTable::new(cfg.lease_ttl_min_secs),
-            auth: Arc::new(auth::AuthStore::default()),
+            leases,
+            auth,
             member_id: cfg.member_id,
             was_leader: false,
             watch: watch::WatchHub::default(),
             watch_progress_interval: cfg.watch_progress_interval,
             next_watch_progress: Instant::now() + cfg.watch_progress_interval,
-            alarms: Default::default(),
-            members: members::Members::new(cfg.initial_members),
+            alarms,
+            members,
             quota_bytes: cfg.quota_bytes,
             db_size_read_at: Instant::now(),
             db_size_stale: true,
+            applying_index: checkpoint.raft_index,
+            snapshot_count: cfg.snapshot_count.max(1),
+            checkpoint_dir: cfg.checkpoint_dir,
+            checkpoint_index: checkpoint.raft_index,
+            checkpoint_at: Instant::now(),
+            checkpoint_in_flight: None,
         })
     }
 
@@ -384,7 +531,153 @@ impl Coordinator {
             self.on_ready().await?;
             self.release_reads();
             self.refresh_db_size().await?;
+            self.checkpoint_step().await?;
         }
+    }
+
+    /// Finishes a checkpoint whose state file is written, or starts one when --snapshot-count
+    /// entries (or `CHECKPOINT_INTERVAL` with any entry) were applied since the last.
+    async fn checkpoint_step(&mut self) -> anyhow::Result<()> {
+        if let Some(flight) = &mut self.checkpoint_in_flight {
+            match flight.done.try_recv() {
+                Ok(None) => return Ok(()),
+                Ok(Some(Ok(()))) => {
+                    let index = flight.index;
+                    self.checkpoint_in_flight = None;
+                    self.checkpoint_index = index;
+                    crate::log_info!(
+                        "saved snapshot",
+                        "snapshot-index" => index
+                    );
+                    // Replay never needs the older WAL files again.
+                    self.wal
+                        .remove_through(index)
+                        .map_err(|e| anyhow::anyhow!("removing old WAL files: {e}"))?;
+                    crate::log_info!(
+                        "compacted Raft logs",
+                        "compact-index" => index,
+                        "wal-files" => self.wal.file_count()
+                    );
+                    self.published
+                        .wal_bytes
+                        .store(self.wal.size_bytes(), Ordering::Release);
+                }
+                Ok(Some(Err(e))) => anyhow::bail!("checkpoint at raft index {}: {e}", flight.index),
+                Err(_) => anyhow::bail!("checkpoint at raft index {}: abandoned", flight.index),
+            }
+        }
+        let since = self.applied_index - self.checkpoint_index;
+        let due = since > self.snapshot_count
+            || (since > 0 && self.checkpoint_at.elapsed() >= CHECKPOINT_INTERVAL);
+        if !due {
+            return Ok(());
+        }
+        self.start_checkpoint().await
+    }
+
+    async fn start_checkpoint(&mut self) -> anyhow::Result<()> {
+        let index = self.applied_index;
+        crate::log_info!(
+            "triggering snapshot",
+            "local-member-id" => crate::ids::format_id(self.member_id),
+            "local-member-applied-index" => index,
+            "local-member-snapshot-index" => self.checkpoint_index,
+            "local-member-snapshot-count" => self.snapshot_count
+        );
+        let state = self.checkpoint_state(index)?;
+        // Every shard has been sent everything up to `index` and nothing after it, so each
+        // syncs exactly the entries the state file will claim.
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for shard in 0..self.shards.len() {
+            let (reply, rx) = oneshot::channel();
+            self.shards
+                .send(shard, ShardMsg::Checkpoint { index, reply })
+                .await?;
+            replies.push(rx);
+        }
+        // Entries from here on go to a new WAL file, so the older ones can go once the state
+        // file is durable.
+        let hard_state = self.node.store().rl().hard_state().clone();
+        let next = self.node.raft.raft_log.last_index() + 1;
+        self.wal
+            .rotate(next, &hard_state)
+            .map_err(|e| anyhow::anyhow!("rotating the WAL: {e}"))?;
+        let dir = self.checkpoint_dir.clone();
+        let (done_tx, done) = oneshot::channel();
+        glommio::spawn_local(async move {
+            let result = async {
+                for rx in replies {
+                    crate::runtime::recheck(rx)
+                        .await
+                        .map_err(|_| "a shard worker stopped".to_string())??;
+                }
+                // The state file is a few blocking writes and fsyncs: off the executor.
+                let (tx, rx) = oneshot::channel();
+                std::thread::Builder::new()
+                    .name("rusd-checkpoint".into())
+                    .spawn(move || {
+                        let _ = tx.send(checkpoint::write(&dir, &state).map_err(|e| e.to_string()));
+                    })
+                    .map_err(|e| e.to_string())?;
+                crate::runtime::recheck(rx)
+                    .await
+                    .map_err(|_| "the checkpoint writer stopped".to_string())?
+            }
+            .await;
+            let _ = done_tx.send(result);
+        })
+        .detach();
+        self.checkpoint_in_flight = Some(CheckpointInFlight { index, done });
+        self.checkpoint_at = Instant::now();
+        Ok(())
+    }
+
+    /// The coordinator's replicated state as of `index` (the applied index).
+    fn checkpoint_state(&self, index: u64) -> anyhow::Result<checkpoint::CheckpointState> {
+        let term = self
+            .node
+            .raft
+            .raft_log
+            .term(index)
+            .map_err(|e| anyhow::anyhow!("term of raft index {index}: {e}"))?;
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        Ok(checkpoint::CheckpointState {
+            format_version: 0,
+            raft_index: index,
+            raft_term: term,
+            voters: conf.voters.clone(),
+            learners: conf.learners.clone(),
+            shard_count: self.shards.len() as u32,
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            leases: self
+                .leases
+                .records()
+                .into_iter()
+                .map(|(id, ttl_secs)| checkpoint::LeaseRecord { id, ttl_secs })
+                .collect(),
+            auth: self.auth.to_record(),
+            members: self
+                .members
+                .list()
+                .into_iter()
+                .map(|m| checkpoint::MemberRecord {
+                    id: m.id,
+                    name: m.name,
+                    peer_urls: m.peer_urls,
+                    client_urls: m.client_urls,
+                    is_learner: m.is_learner,
+                })
+                .collect(),
+            alarms: self
+                .alarms
+                .iter()
+                .map(|(member_id, kind)| checkpoint::AlarmRecord {
+                    member_id: *member_id,
+                    alarm: kind.number(),
+                })
+                .collect(),
+        })
     }
 
     async fn handle(&mut self, msg: CoordMsg) -> anyhow::Result<()> {
@@ -546,8 +839,10 @@ impl Coordinator {
         self.apply_entries(committed).await?;
 
         let mut records = Vec::new();
+        let mut last_index = 0;
         for e in ready.entries() {
             wal::frame_entry(&mut records, e);
+            last_index = e.index;
         }
         if let Some(hs) = ready.hs() {
             wal::frame_hard_state(&mut records, hs);
@@ -556,7 +851,7 @@ impl Coordinator {
         if !records.is_empty() {
             // A failed WAL write leaves us unable to promise durability: stop rather than ack.
             self.wal
-                .append_and_sync(records)
+                .append_and_sync(records, last_index)
                 .await
                 .map_err(|e| anyhow::anyhow!("writing the WAL: {e}"))?;
             self.published
@@ -682,6 +977,7 @@ impl Coordinator {
                 continue;
             }
             let e = &entries[i];
+            self.applying_index = e.index;
             self.apply_entry(e).await?;
             self.mark_applied(e.index);
             i += 1;
@@ -743,6 +1039,7 @@ impl Coordinator {
                 .send(
                     owner,
                     ShardMsg::Put {
+                        index,
                         main,
                         sub: 0,
                         req,
@@ -836,9 +1133,11 @@ impl Coordinator {
             }
             WriteRequest::Put(p) => {
                 let owner = self.shards.owner(&p.key);
+                let index = self.applying_index;
                 let r = self
                     .shards
                     .call(owner, |reply| ShardMsg::Put {
+                        index,
                         main,
                         sub: 0,
                         req: p,
@@ -866,8 +1165,13 @@ impl Coordinator {
                 } else if revision > self.revision {
                     Err(EtcdError::FutureRevision)
                 } else {
+                    let index = self.applying_index;
                     self.shards
-                        .call_all(|reply| ShardMsg::Compact { revision, reply })
+                        .call_all(|reply| ShardMsg::Compact {
+                            index,
+                            revision,
+                            reply,
+                        })
                         .await?;
                     self.compact_revision = revision;
                     self.published
@@ -945,9 +1249,11 @@ impl Coordinator {
         if targets.len() == 1 {
             let first_sub = *sub;
             let req = d.clone();
+            let index = self.applying_index;
             let (resp, evs) = self
                 .shards
                 .call(targets[0], |reply| ShardMsg::DeleteRange {
+                    index,
                     main,
                     first_sub,
                     req,
@@ -1001,9 +1307,15 @@ impl Coordinator {
             if keys.is_empty() {
                 continue;
             }
+            let index = self.applying_index;
             let (prev, evs) = self
                 .shards
-                .call(shard, |reply| ShardMsg::DeleteKeys { main, keys, reply })
+                .call(shard, |reply| ShardMsg::DeleteKeys {
+                    index,
+                    main,
+                    keys,
+                    reply,
+                })
                 .await?;
             prev_kvs.extend(prev);
             new_events.extend(evs);
@@ -1031,9 +1343,15 @@ impl Coordinator {
         };
         if let Some(shard) = single {
             let req = t.clone();
+            let index = self.applying_index;
             let outcome = self
                 .shards
-                .call(shard, |reply| ShardMsg::Txn { main, req, reply })
+                .call(shard, |reply| ShardMsg::Txn {
+                    index,
+                    main,
+                    req,
+                    reply,
+                })
                 .await?;
             return Ok(match outcome {
                 Ok(o) => {
@@ -1152,9 +1470,11 @@ impl Coordinator {
                 RequestOp::Put(p) => {
                     let s = *sub;
                     let req = p.clone();
+                    let index = self.applying_index;
                     let (resp, ev) = self
                         .shards
                         .call(self.shards.owner(&p.key), |reply| ShardMsg::Put {
+                            index,
                             main,
                             sub: s,
                             req,

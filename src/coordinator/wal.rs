@@ -13,7 +13,7 @@
 //! checksum failure anywhere is corruption and stops start-up.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
@@ -28,7 +28,23 @@ const TYPE_ENTRY: u8 = 1;
 const TYPE_HARD_STATE: u8 = 2;
 const TYPE_METADATA: u8 = 3;
 
+/// The first WAL file of a member. Later files are named `{seq:016x}-{index:016x}.wal`
+/// (etcd's scheme): the sequence number, then the first raft index the file was opened for.
 pub const WAL_FILE_NAME: &str = "0000000000000000-0000000000000000.wal";
+
+fn wal_file_name(seq: u64, first_index: u64) -> String {
+    format!("{seq:016x}-{first_index:016x}.wal")
+}
+
+fn parse_wal_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".wal")?;
+    let (seq, index) = stem.split_once('-')?;
+    if seq.len() != 16 || index.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(index, 16).ok()?;
+    u64::from_str_radix(seq, 16).ok()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -51,14 +67,25 @@ pub struct Metadata {
     pub cluster_id: u64,
 }
 
+/// One WAL file and the newest raft index written to it (0 if none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalFile {
+    pub name: String,
+    pub seq: u64,
+    pub last_index: u64,
+}
+
 /// What a WAL holds after recovery.
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub metadata: Option<Metadata>,
     pub hard_state: HardState,
-    /// Entries in index order, with later (re-)appends of an index replacing the earlier suffix.
+    /// Entries after the checkpoint, in index order, with later (re-)appends of an index
+    /// replacing the earlier suffix.
     pub entries: Vec<Entry>,
-    /// Where the next record goes (the valid length of the file).
+    /// Every WAL file, oldest first; the last one is appended to.
+    pub files: Vec<WalFile>,
+    /// Where the next record goes in the last file (its valid length).
     pub end_offset: u64,
     /// Bytes of torn tail removed, if any.
     pub truncated_bytes: u64,
@@ -98,40 +125,120 @@ pub fn frame_metadata(out: &mut Vec<u8>, m: Metadata) {
     frame(out, TYPE_METADATA, &payload);
 }
 
-/// Reads the WAL in `dir` (creating the directory if needed), truncating a torn tail.
-/// Runs once, before the executors start, so plain blocking I/O is fine here.
-pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
+/// Reads every WAL file in `dir` (creating the directory and the first file if needed),
+/// truncating a torn tail of the last file. Entries at or below `checkpoint` are already in the
+/// shards' segments and the checkpoint file, so they are checked but not kept; the first entry
+/// kept must then be `checkpoint + 1`. Runs once, before the executors start, so plain
+/// blocking I/O is fine here.
+pub fn recover(dir: &Path, checkpoint: u64) -> Result<Recovered, WalError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WalError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let path = dir.join(WAL_FILE_NAME);
-    let mut data = Vec::new();
-    match fs::File::open(&path) {
-        Ok(mut f) => {
-            f.read_to_end(&mut data).map_err(io(&path))?;
+    let mut names: Vec<(u64, String)> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry.map_err(io(dir))?.file_name();
+        if let Some(name) = name.to_str() {
+            if let Some(seq) = parse_wal_file_name(name) {
+                names.push((seq, name.to_owned()));
+            }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::File::create(&path).map_err(io(&path))?;
-            fsync_dir(dir).map_err(io(dir))?;
-        }
-        Err(e) => return Err(io(&path)(e)),
+    }
+    names.sort();
+    if names.is_empty() {
+        let path = dir.join(WAL_FILE_NAME);
+        fs::File::create(&path).map_err(io(&path))?;
+        fsync_dir(dir).map_err(io(dir))?;
+        names.push((0, WAL_FILE_NAME.to_owned()));
     }
     let mut out = Recovered::default();
+    // The index of the newest entry read (kept or not), for the continuity checks.
+    let mut last_seen: Option<u64> = None;
+    let count = names.len();
+    for (position, (seq, name)) in names.into_iter().enumerate() {
+        let path = dir.join(&name);
+        let is_last = position + 1 == count;
+        let mut data = Vec::new();
+        fs::File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(io(&path))?;
+        let (valid, file_last) =
+            read_file(&path, &data, checkpoint, &mut out, &mut last_seen, is_last)?;
+        out.files.push(WalFile {
+            name,
+            seq,
+            last_index: file_last,
+        });
+        if is_last {
+            out.end_offset = valid as u64;
+            out.truncated_bytes = (data.len() - valid) as u64;
+            if out.truncated_bytes > 0 {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                f.set_len(valid as u64).map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))?;
+            }
+        }
+    }
+    if let Some(first) = out.entries.first() {
+        if first.index != checkpoint + 1 {
+            return Err(WalError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: 0,
+                reason: format!(
+                    "the WAL resumes at raft index {} but the checkpoint is at {checkpoint}: \
+                     entries are missing",
+                    first.index
+                ),
+            });
+        }
+    }
+    // Raft may not have persisted the commit index past the checkpoint; the checkpoint itself
+    // proves those entries committed.
+    if out.hard_state.commit < checkpoint {
+        out.hard_state.commit = checkpoint;
+    }
+    Ok(out)
+}
+
+/// Reads one WAL file's records into `out`; returns the valid length and the newest entry
+/// index in it. A torn tail is tolerated in the last file only: earlier files were synced
+/// whole before the next one was started.
+fn read_file(
+    path: &Path,
+    data: &[u8],
+    checkpoint: u64,
+    out: &mut Recovered,
+    last_seen: &mut Option<u64>,
+    is_last: bool,
+) -> Result<(usize, u64), WalError> {
     let mut offset = 0usize;
+    let mut file_last = 0u64;
     while offset < data.len() {
+        let corrupt = |reason: String| WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason,
+        };
+        let torn = |reason: &str| {
+            if is_last {
+                Ok(())
+            } else {
+                Err(corrupt(format!(
+                    "{reason} in a WAL file that is not the last"
+                )))
+            }
+        };
         if data.len() - offset < HEADER_BYTES {
-            break; // torn header
+            torn("incomplete record header")?;
+            break;
         }
         let len = u32::from_le_bytes(data[offset..offset + 4].try_into().unwrap());
         let crc = u32::from_le_bytes(data[offset + 4..offset + 8].try_into().unwrap());
         let record_type = data[offset + 8];
-        let corrupt = |reason: String| WalError::Corrupt {
-            path: path.clone(),
-            offset: offset as u64,
-            reason,
-        };
         if len > RECORD_BYTES_MAX {
             return Err(corrupt(format!("record length {len} is implausible")));
         }
@@ -139,13 +246,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         if end > data.len() {
             // A record cut short by a crash is the last thing in the file. If a whole, valid
             // record follows, this length field was damaged instead: corruption, not a tail.
-            if let Some(at) = valid_record_after(&data, offset + 1) {
+            if let Some(at) = valid_record_after(data, offset + 1) {
                 return Err(corrupt(format!(
                     "record length {len} runs past the end of the file, but a valid record \
                      follows at offset {at}"
                 )));
             }
-            break; // torn payload
+            torn("incomplete record")?;
+            break;
         }
         let payload = &data[offset + HEADER_BYTES..end];
         let actual = crc32c::crc32c_append(crc32c::crc32c(&[record_type]), payload);
@@ -158,19 +266,24 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             TYPE_ENTRY => {
                 let e = Entry::parse_from_bytes(payload)
                     .map_err(|e| corrupt(format!("undecodable entry: {e}")))?;
-                // A re-append at an index replaces that index and everything after it, the
-                // way raft overwrites a conflicting suffix.
-                let keep = out.entries.partition_point(|x| x.index < e.index);
-                out.entries.truncate(keep);
-                if let Some(last) = out.entries.last() {
-                    if last.index + 1 != e.index {
+                if let Some(prev) = *last_seen {
+                    // A re-append may go back (raft overwriting a conflicting suffix), never
+                    // skip ahead.
+                    if e.index > prev + 1 {
                         return Err(corrupt(format!(
-                            "entry index {} does not follow {}",
-                            e.index, last.index
+                            "entry index {} does not follow {prev}",
+                            e.index
                         )));
                     }
                 }
-                out.entries.push(e);
+                *last_seen = Some(e.index);
+                file_last = file_last.max(e.index);
+                if e.index > checkpoint {
+                    // A re-append at an index replaces that index and everything after it.
+                    let keep = out.entries.partition_point(|x| x.index < e.index);
+                    out.entries.truncate(keep);
+                    out.entries.push(e);
+                }
             }
             TYPE_HARD_STATE => {
                 out.hard_state = HardState::parse_from_bytes(payload)
@@ -189,17 +302,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         }
         offset = end;
     }
-    out.end_offset = offset as u64;
-    out.truncated_bytes = (data.len() - offset) as u64;
-    if out.truncated_bytes > 0 {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        f.set_len(offset as u64).map_err(io(&path))?;
-        f.sync_all().map_err(io(&path))?;
-    }
-    Ok(out)
+    Ok((offset, file_last))
 }
 
 /// The first offset at or after `from` where a complete record with a matching checksum
@@ -224,25 +327,38 @@ fn valid_record_after(data: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Writes the bootstrap records of a brand-new member and syncs them (blocking; start-up only).
-pub fn bootstrap(dir: &Path, metadata: Metadata, end_offset: u64) -> Result<u64, WalError> {
-    let path = dir.join(WAL_FILE_NAME);
+/// Writes the bootstrap records of a brand-new member into the last WAL file and syncs them
+/// (blocking; start-up only).
+pub fn bootstrap(
+    dir: &Path,
+    recovered: &mut Recovered,
+    metadata: Metadata,
+) -> Result<(), WalError> {
+    let name = &recovered
+        .files
+        .last()
+        .expect("recover leaves a WAL file")
+        .name;
+    let path = dir.join(name);
     let mut buf = Vec::new();
     frame_metadata(&mut buf, metadata);
-    let mut f = fs::OpenOptions::new()
-        .append(true)
+    let f = fs::OpenOptions::new()
+        .write(true)
         .open(&path)
         .map_err(|source| WalError::Io {
             path: path.clone(),
             source,
         })?;
-    f.write_all(&buf)
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&buf, recovered.end_offset)
         .and_then(|_| f.sync_data())
         .map_err(|source| WalError::Io {
             path: path.clone(),
             source,
         })?;
-    Ok(end_offset + buf.len() as u64)
+    recovered.end_offset += buf.len() as u64;
+    recovered.metadata = Some(metadata);
+    Ok(())
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -254,19 +370,40 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// completion never reached the coordinator, hanging the member before its first Ready. The
 /// coordinator hands each Ready's records over and waits under `runtime::recheck`, so one
 /// Ready is still exactly one write and one fdatasync, and core 0 keeps serving meanwhile.
+///
+/// At a checkpoint the WAL moves to a new file (`rotate`); once the checkpoint is durable,
+/// files whose entries all lie at or below it are removed (`remove_through`).
 pub struct Wal {
     jobs: std::sync::mpsc::SyncSender<WalJob>,
-    offset: u64,
+    dir: PathBuf,
+    files: Vec<WalFile>,
+    /// Bytes in all files: what the WAL costs on disk.
+    bytes: u64,
+    metadata: Metadata,
 }
 
-struct WalJob {
-    records: Vec<u8>,
-    done: futures::channel::oneshot::Sender<std::io::Result<()>>,
+enum WalJob {
+    Append {
+        records: Vec<u8>,
+        done: futures::channel::oneshot::Sender<std::io::Result<()>>,
+    },
+    /// Switch to a new file that starts with `head` (synced, with its directory entry).
+    Rotate {
+        name: String,
+        head: Vec<u8>,
+    },
+    Remove {
+        names: Vec<String>,
+    },
 }
+
+/// Jobs queued for the writer thread: one Ready in flight plus a rotation and a removal.
+const WAL_JOBS_MAX: usize = 4;
 
 impl Wal {
-    pub async fn open(dir: &Path, end_offset: u64) -> Result<Wal, WalError> {
-        let path = dir.join(WAL_FILE_NAME);
+    pub async fn open(dir: &Path, recovered: &Recovered) -> Result<Wal, WalError> {
+        let last = recovered.files.last().expect("recover leaves a WAL file");
+        let path = dir.join(&last.name);
         let file = fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -274,46 +411,163 @@ impl Wal {
                 path: path.clone(),
                 source,
             })?;
-        // One Ready in flight at a time: the coordinator waits for each before the next.
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<WalJob>(1);
+        let mut bytes = recovered.end_offset;
+        for f in &recovered.files[..recovered.files.len() - 1] {
+            bytes += fs::metadata(dir.join(&f.name)).map_or(0, |m| m.len());
+        }
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<WalJob>(WAL_JOBS_MAX);
+        let thread_dir = dir.to_path_buf();
+        let end_offset = recovered.end_offset;
         std::thread::Builder::new()
             .name("rusd-wal".into())
-            .spawn(move || {
-                use std::os::unix::fs::FileExt;
-                let mut offset = end_offset;
-                for job in rx {
-                    let result = file
-                        .write_all_at(&job.records, offset)
-                        .and_then(|()| file.sync_data());
-                    if result.is_ok() {
-                        offset += job.records.len() as u64;
-                    }
-                    let _ = job.done.send(result);
-                }
-            })
+            .spawn(move || writer(thread_dir, file, end_offset, rx))
             .map_err(|source| WalError::Io { path, source })?;
         Ok(Wal {
             jobs,
-            offset: end_offset,
+            dir: dir.to_path_buf(),
+            files: recovered.files.clone(),
+            bytes,
+            metadata: recovered
+                .metadata
+                .expect("the member's metadata is written before the WAL opens"),
         })
     }
 
+    fn submit(&self, job: WalJob) -> std::io::Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| std::io::Error::other("the WAL writer thread stopped"))
+    }
+
     /// Appends already-framed records and makes them durable with exactly one fdatasync.
-    pub async fn append_and_sync(&mut self, records: Vec<u8>) -> std::io::Result<()> {
+    /// `last_index` is the newest entry among them (0 if none). A failed rotation or removal
+    /// queued before is reported here.
+    pub async fn append_and_sync(
+        &mut self,
+        records: Vec<u8>,
+        last_index: u64,
+    ) -> std::io::Result<()> {
         let len = records.len() as u64;
         let (done, rx) = futures::channel::oneshot::channel();
-        self.jobs
-            .send(WalJob { records, done })
-            .map_err(|_| std::io::Error::other("the WAL writer thread stopped"))?;
+        self.submit(WalJob::Append { records, done })?;
         crate::runtime::recheck(rx)
             .await
             .map_err(|_| std::io::Error::other("the WAL writer thread stopped"))??;
-        self.offset += len;
+        self.bytes += len;
+        let active = self.files.last_mut().expect("the WAL has a file");
+        active.last_index = active.last_index.max(last_index);
         Ok(())
     }
 
+    /// Starts a new file for entries from `next_index` on, headed by the member metadata and
+    /// `hard_state`, so each file can be read without the ones before it.
+    pub fn rotate(&mut self, next_index: u64, hard_state: &HardState) -> std::io::Result<()> {
+        let seq = self.files.last().map_or(0, |f| f.seq + 1);
+        let name = wal_file_name(seq, next_index);
+        let mut head = Vec::new();
+        frame_metadata(&mut head, self.metadata);
+        frame_hard_state(&mut head, hard_state);
+        self.bytes += head.len() as u64;
+        self.files.push(WalFile {
+            name: name.clone(),
+            seq,
+            last_index: 0,
+        });
+        self.submit(WalJob::Rotate { name, head })
+    }
+
+    /// Removes the files (never the active one) whose entries are all at or below `index`: a
+    /// checkpoint at `index` is durable, so replay never needs them.
+    pub fn remove_through(&mut self, index: u64) -> std::io::Result<()> {
+        let active = self.files.len() - 1;
+        let mut names = Vec::new();
+        let mut kept = Vec::new();
+        for (i, f) in self.files.drain(..).enumerate() {
+            if i < active && f.last_index <= index {
+                self.bytes = self
+                    .bytes
+                    .saturating_sub(fs::metadata(self.dir.join(&f.name)).map_or(0, |m| m.len()));
+                names.push(f.name);
+            } else {
+                kept.push(f);
+            }
+        }
+        self.files = kept;
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.submit(WalJob::Remove { names })
+    }
+
     pub fn size_bytes(&self) -> u64 {
-        self.offset
+        self.bytes
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}
+
+/// The writer thread: runs jobs in order. A failed rotation or removal is kept and returned to
+/// the next append, which the coordinator treats as fatal.
+fn writer(
+    dir: PathBuf,
+    mut file: fs::File,
+    mut offset: u64,
+    rx: std::sync::mpsc::Receiver<WalJob>,
+) {
+    use std::os::unix::fs::FileExt;
+    let mut failed: Option<std::io::Error> = None;
+    for job in rx {
+        match job {
+            WalJob::Append { records, done } => {
+                let result = match failed.take() {
+                    Some(e) => Err(e),
+                    None => file
+                        .write_all_at(&records, offset)
+                        .and_then(|()| file.sync_data()),
+                };
+                if result.is_ok() {
+                    offset += records.len() as u64;
+                }
+                let _ = done.send(result);
+            }
+            WalJob::Rotate { name, head } => {
+                let path = dir.join(&name);
+                let result = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .and_then(|f| {
+                        f.write_all_at(&head, 0)?;
+                        f.sync_data()?;
+                        fsync_dir(&dir)?;
+                        Ok(f)
+                    });
+                match result {
+                    Ok(f) => {
+                        file = f;
+                        offset = head.len() as u64;
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(std::io::Error::other(format!(
+                            "starting WAL file {name}: {e}"
+                        )));
+                    }
+                }
+            }
+            WalJob::Remove { names } => {
+                let result = names
+                    .iter()
+                    .try_for_each(|name| fs::remove_file(dir.join(name)))
+                    .and_then(|()| fsync_dir(&dir));
+                if let Err(e) = result {
+                    failed.get_or_insert(std::io::Error::other(format!(
+                        "removing old WAL files: {e}"
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -322,18 +576,75 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.to_vec().into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn hard_state(term: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn files_after_a_checkpoint_resume_at_the_next_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        fs::create_dir_all(&wal).unwrap();
+        let meta = Metadata {
+            member_id: 1,
+            cluster_id: 2,
+        };
+        let mut first = Vec::new();
+        frame_metadata(&mut first, meta);
+        for i in 1..=10 {
+            frame_entry(&mut first, &entry(i, 1, b"x"));
+        }
+        frame_hard_state(&mut first, &hard_state(1, 10));
+        fs::write(wal.join(WAL_FILE_NAME), &first).unwrap();
+        let mut second = Vec::new();
+        frame_metadata(&mut second, meta);
+        frame_hard_state(&mut second, &hard_state(1, 10));
+        for i in 11..=15 {
+            frame_entry(&mut second, &entry(i, 1, b"y"));
+        }
+        fs::write(wal.join(wal_file_name(1, 11)), &second).unwrap();
+
+        // A checkpoint at 8: entries 9.. are kept, across both files.
+        let r = recover(&wal, 8).unwrap();
+        let kept: Vec<u64> = r.entries.iter().map(|e| e.index).collect();
+        assert_eq!(kept, (9..=15).collect::<Vec<_>>());
+        assert_eq!(r.files.len(), 2);
+        assert_eq!((r.files[0].last_index, r.files[1].last_index), (10, 15));
+        assert_eq!(r.metadata, Some(meta));
+
+        // The first file removed after a checkpoint at 12: fine.
+        fs::remove_file(wal.join(WAL_FILE_NAME)).unwrap();
+        let r = recover(&wal, 12).unwrap();
+        assert_eq!(r.entries.first().map(|e| e.index), Some(13));
+        // ... but with the checkpoint at 5, entries 6..10 are missing: refused.
+        let error = recover(&wal, 5).unwrap_err().to_string();
+        assert!(error.contains("entries are missing"), "{error}");
+        // A commit index behind the checkpoint is raised to it.
+        assert!(recover(&wal, 14).unwrap().hard_state.commit >= 14);
+
+        // A torn tail is only acceptable in the last file.
+        fs::write(wal.join(WAL_FILE_NAME), &first[..first.len() - 3]).unwrap();
+        let error = recover(&wal, 0).unwrap_err().to_string();
+        assert!(error.contains("not the last"), "{error}");
     }
 
     #[test]
     fn recovers_truncates_torn_tail_and_rejects_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("wal");
-        let r = recover(&wal).unwrap();
+        let r = recover(&wal, 0).unwrap();
         assert!(r.entries.is_empty());
         let mut buf = Vec::new();
         frame_metadata(
@@ -346,16 +657,13 @@ mod tests {
         frame_entry(&mut buf, &entry(1, 1, b"a"));
         frame_entry(&mut buf, &entry(2, 1, b"b"));
         frame_entry(&mut buf, &entry(2, 2, b"c")); // overwrites index 2
-        let mut hs = HardState::default();
-        hs.commit = 2;
-        hs.term = 2;
-        frame_hard_state(&mut buf, &hs);
+        frame_hard_state(&mut buf, &hard_state(2, 2));
         let good_len = buf.len();
         frame_entry(&mut buf, &entry(3, 2, b"torn"));
         buf.truncate(buf.len() - 2);
         fs::write(wal.join(WAL_FILE_NAME), &buf).unwrap();
 
-        let r = recover(&wal).unwrap();
+        let r = recover(&wal, 0).unwrap();
         assert_eq!(r.entries.len(), 2);
         assert_eq!(&r.entries[1].data[..], b"c");
         assert_eq!(r.hard_state.commit, 2);
@@ -372,7 +680,7 @@ mod tests {
         let second = HEADER_BYTES + 16;
         damaged[second + 2] ^= 0x02;
         fs::write(wal.join(WAL_FILE_NAME), &damaged).unwrap();
-        assert!(matches!(recover(&wal), Err(WalError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, 0), Err(WalError::Corrupt { .. })));
         damaged[second + 2] ^= 0x02;
         fs::write(wal.join(WAL_FILE_NAME), &damaged).unwrap();
 
@@ -381,7 +689,7 @@ mod tests {
         let second = HEADER_BYTES + 16;
         data[second + HEADER_BYTES + 1] ^= 0x40;
         fs::write(wal.join(WAL_FILE_NAME), &data).unwrap();
-        match recover(&wal) {
+        match recover(&wal, 0) {
             Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, second as u64),
             other => panic!("expected corruption error, got {other:?}"),
         }

@@ -1,6 +1,7 @@
 //! Executors and the cross-core mesh: one glommio executor per core, pinned; shard i on core i;
 //! the coordinator on core 0 in a task queue of its own so shard 0's work cannot starve raft.
 
+pub mod disk;
 pub mod mesh;
 pub mod shard;
 

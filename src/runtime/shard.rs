@@ -3,9 +3,12 @@
 
 use bytes::Bytes;
 use futures::channel::oneshot;
+
+use super::disk::FileStorage;
 use shards::{
     Compare, CompareOutcome, DeleteRangeRequest, DeleteRangeResponse, Event, KeyValue, MvccError,
-    MvccStore, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnOutcome, TxnRequest,
+    MvccStore, PutRequest, PutResponse, RangeRequest, RangeResponse, SegmentLog, TxnOutcome,
+    TxnRequest,
 };
 
 /// Messages a shard worker accepts. Replies travel over `Send` oneshots.
@@ -16,12 +19,15 @@ pub enum ShardMsg {
         reply: oneshot::Sender<Result<RangeResponse, MvccError>>,
     },
     Put {
+        /// The raft entry this write belongs to: the shard's segment log records it.
+        index: u64,
         main: i64,
         sub: i64,
         req: PutRequest,
         reply: oneshot::Sender<Result<(PutResponse, Event), MvccError>>,
     },
     DeleteRange {
+        index: u64,
         main: i64,
         first_sub: i64,
         req: DeleteRangeRequest,
@@ -30,6 +36,7 @@ pub enum ShardMsg {
     /// Delete exactly these keys, each at its given sub-revision (multi-shard delete ranges,
     /// whose sub-revisions follow the global key order).
     DeleteKeys {
+        index: u64,
         main: i64,
         keys: Vec<(Bytes, i64)>,
         reply: oneshot::Sender<(Vec<KeyValue>, Vec<Event>)>,
@@ -39,13 +46,22 @@ pub enum ShardMsg {
         reply: oneshot::Sender<Vec<CompareOutcome>>,
     },
     Txn {
+        index: u64,
         main: i64,
         req: TxnRequest,
         reply: oneshot::Sender<Result<TxnOutcome, MvccError>>,
     },
     Compact {
+        index: u64,
         revision: i64,
         reply: oneshot::Sender<()>,
+    },
+    /// Make every entry up to `index` durable in the segment log and rotate it (see
+    /// `SegmentLog::rotate`). Sent by the coordinator after everything up to `index` was
+    /// applied and before anything after it, so the log holds exactly the entries ≤ `index`.
+    Checkpoint {
+        index: u64,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     History {
         key: Bytes,
@@ -68,16 +84,124 @@ pub struct ShardStats {
     pub bytes: usize,
 }
 
-/// Runs until every sender is gone. A dropped reply receiver (the client went away) is not an
-/// error: the work is done either way, which keeps apply deterministic.
-pub async fn run(rx: flume::Receiver<ShardMsg>) {
-    let mut store = MvccStore::new();
-    while let Ok(msg) = super::recheck(rx.recv_async()).await {
-        handle(&mut store, msg);
+/// Segment bytes before rotation: big enough that rotation is rare, small enough that a
+/// rewrite after compaction copies a bounded file.
+pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Bytes of old segments a rewrite reads between two inbox checks: keeps a core's latency flat
+/// while it reclaims disk after a compaction.
+const REWRITE_BUDGET_BYTES: u64 = 256 * 1024;
+
+/// One shard: its store, and the segment log that makes it durable at checkpoints.
+pub struct Shard {
+    pub store: MvccStore,
+    log: SegmentLog<FileStorage>,
+    /// The events of the raft entry being applied: one entry can reach a shard as several
+    /// messages (multi-shard txns and delete ranges), and the log takes one record per entry.
+    pending: Option<(u64, i64, Vec<Event>)>,
+    /// Old segments may hold versions a durable compaction dropped.
+    rewrite_due: bool,
+    /// The first segment-log failure. Durability rests on the WAL, so serving goes on; the next
+    /// checkpoint reports it and the coordinator stops the member instead of truncating the WAL.
+    failure: Option<String>,
+}
+
+impl Shard {
+    pub fn new(store: MvccStore, log: SegmentLog<FileStorage>) -> Shard {
+        Shard {
+            store,
+            log,
+            pending: None,
+            rewrite_due: true,
+            failure: None,
+        }
+    }
+
+    fn note(&mut self, result: Result<(), shards::SegmentError>) {
+        if let Err(e) = result {
+            self.failure.get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    /// Queues the events `index` produced here; an entry's record is written when the next
+    /// entry (or a checkpoint) arrives.
+    fn record(&mut self, index: u64, revision: i64, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        match &mut self.pending {
+            Some((held, _, list)) if *held == index => list.extend_from_slice(events),
+            _ => {
+                self.flush();
+                self.pending = Some((index, revision, events.to_vec()));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some((index, revision, events)) = self.pending.take() {
+            let result = self.log.append(index, revision, &events);
+            self.note(result);
+        }
+    }
+
+    fn checkpoint(&mut self, index: u64) -> Result<(), String> {
+        self.flush();
+        let result = self.log.rotate();
+        self.note(result);
+        self.rewrite_due = true;
+        match &self.failure {
+            Some(e) => Err(e.clone()),
+            None => {
+                debug_assert!(self.log.synced_raft_index() <= index);
+                Ok(())
+            }
+        }
+    }
+
+    /// One bounded step of rewriting old segments; false when there is nothing left to do.
+    fn rewrite_step(&mut self) -> bool {
+        if !self.rewrite_due || self.failure.is_some() {
+            return false;
+        }
+        match self.log.compact_step(&self.store, REWRITE_BUDGET_BYTES) {
+            Ok(more) => self.rewrite_due = more,
+            Err(e) => {
+                self.failure.get_or_insert_with(|| e.to_string());
+                self.rewrite_due = false;
+            }
+        }
+        self.rewrite_due
     }
 }
 
-pub fn handle(store: &mut MvccStore, msg: ShardMsg) {
+/// Runs until every sender is gone. A dropped reply receiver (the client went away) is not an
+/// error: the work is done either way, which keeps apply deterministic. Between messages the
+/// worker rewrites old segments after a compaction, a budget at a time.
+pub async fn run(rx: flume::Receiver<ShardMsg>, mut shard: Shard) {
+    loop {
+        let msg = if shard.rewrite_due {
+            match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(flume::TryRecvError::Disconnected) => return,
+                Err(flume::TryRecvError::Empty) => {
+                    if shard.rewrite_step() {
+                        glommio::yield_if_needed().await;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            match super::recheck(rx.recv_async()).await {
+                Ok(msg) => msg,
+                Err(_) => return,
+            }
+        };
+        handle(&mut shard, msg);
+    }
+}
+
+pub fn handle(shard: &mut Shard, msg: ShardMsg) {
+    let store = &mut shard.store;
     match msg {
         ShardMsg::Range {
             req,
@@ -87,22 +211,35 @@ pub fn handle(store: &mut MvccStore, msg: ShardMsg) {
             let _ = reply.send(store.range(&req, revision));
         }
         ShardMsg::Put {
+            index,
             main,
             sub,
             req,
             reply,
         } => {
-            let _ = reply.send(store.put(main, sub, &req));
+            let result = store.put(main, sub, &req);
+            if let Ok((_, event)) = &result {
+                shard.record(index, main, std::slice::from_ref(event));
+            }
+            let _ = reply.send(result);
         }
         ShardMsg::DeleteRange {
+            index,
             main,
             first_sub,
             req,
             reply,
         } => {
-            let _ = reply.send(store.delete_range(main, first_sub, &req));
+            let (resp, events) = store.delete_range(main, first_sub, &req);
+            shard.record(index, main, &events);
+            let _ = reply.send((resp, events));
         }
-        ShardMsg::DeleteKeys { main, keys, reply } => {
+        ShardMsg::DeleteKeys {
+            index,
+            main,
+            keys,
+            reply,
+        } => {
             let mut prev = Vec::with_capacity(keys.len());
             let mut events = Vec::with_capacity(keys.len());
             for (key, sub) in keys {
@@ -115,17 +252,37 @@ pub fn handle(store: &mut MvccStore, msg: ShardMsg) {
                 prev.extend(resp.prev_kvs);
                 events.extend(evs);
             }
+            shard.record(index, main, &events);
             let _ = reply.send((prev, events));
         }
         ShardMsg::Compare { compares, reply } => {
             let _ = reply.send(compares.iter().map(|c| store.compare(c)).collect());
         }
-        ShardMsg::Txn { main, req, reply } => {
-            let _ = reply.send(store.txn(main, &req));
+        ShardMsg::Txn {
+            index,
+            main,
+            req,
+            reply,
+        } => {
+            let result = store.txn(main, &req);
+            if let Ok(outcome) = &result {
+                shard.record(index, main, &outcome.events);
+            }
+            let _ = reply.send(result);
         }
-        ShardMsg::Compact { revision, reply } => {
+        ShardMsg::Compact {
+            index,
+            revision,
+            reply,
+        } => {
             store.compact(revision);
+            shard.flush();
+            let result = shard.log.append_compaction(index, revision);
+            shard.note(result);
             let _ = reply.send(());
+        }
+        ShardMsg::Checkpoint { index, reply } => {
+            let _ = reply.send(shard.checkpoint(index));
         }
         ShardMsg::History {
             key,

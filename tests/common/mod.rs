@@ -698,6 +698,27 @@ impl Client {
     }
 
     /// The current revision (from a Status header).
+    /// Every key at every revision in `from..=to`: the whole visible history.
+    pub async fn history(
+        &mut self,
+        from: i64,
+        to: i64,
+    ) -> Vec<(i64, Vec<proto::mvccpb::KeyValue>)> {
+        let mut history = Vec::new();
+        for rev in from..=to {
+            let r = self
+                .range(pb::RangeRequest {
+                    key: b("\0"),
+                    range_end: b("\0"),
+                    revision: rev,
+                    ..Default::default()
+                })
+                .await;
+            history.push((rev, r.kvs));
+        }
+        history
+    }
+
     pub async fn revision(&mut self) -> i64 {
         self.status().await.header.unwrap().revision
     }
