@@ -819,8 +819,9 @@ impl MvccStore {
     /// All events with from <= mod_revision <= to for keys in [key, range_end), ordered by
     /// (revision, sub-revision), each with prev_kv when the key existed before.
     ///
-    /// `from` at or below the compact revision is compacted history: the tombstones there are
-    /// gone, so the answer would be incomplete.
+    /// `from` below the compact revision is compacted history. From the compact revision
+    /// itself, as etcd serves a watch: each key's version that survived compaction there (a
+    /// tombstone does not), without prev_kv (the revision before it is compacted).
     pub fn history(
         &self,
         key: &[u8],
@@ -829,7 +830,8 @@ impl MvccStore {
         to: i64,
     ) -> Result<Vec<Event>, MvccError> {
         let from = from.max(1);
-        if from <= self.compact_revision {
+        let compact = self.compact_revision;
+        if from < compact {
             return Err(MvccError::Compacted);
         }
         let mut events = Vec::new();
@@ -840,8 +842,12 @@ impl MvccStore {
                 if entry.main > to {
                     break;
                 }
+                if entry.main <= compact && !self.visible_after_compaction(entries, index) {
+                    continue;
+                }
                 let prev_kv = index
                     .checked_sub(1)
+                    .filter(|_| entry.main > compact)
                     .map(|previous| &entries[previous])
                     .filter(|previous| !previous.is_tombstone())
                     .map(|previous| previous.key_value(key, true));

@@ -296,8 +296,7 @@ impl WatchHub {
             let to = (from + CATCH_UP_REVISIONS_MAX - 1).min(current);
             let (key, range_end) = (w.key.clone(), w.range_end.clone());
             let Some(events) = history(shards, &key, &range_end, from, to).await? else {
-                // Shard history starts after the compact revision, so a watch starting exactly
-                // at it is answered as compacted too (etcd would still serve it).
+                // A compaction applied after the check above reached the history first.
                 let _ = deliver(
                     &s_out(self, stream),
                     WatchOut::Canceled {

@@ -196,9 +196,13 @@ impl Model {
         from: i64,
         to: i64,
     ) -> Result<Vec<Event>, MvccError> {
-        if from.max(1) <= self.compact_revision {
+        // etcd serves a watch from the compact revision itself: what survives at it (each
+        // key's live newest version), without prev_kv (the revision before is compacted).
+        let compact = self.compact_revision;
+        if from.max(1) < compact {
             return Err(MvccError::Compacted);
         }
+        let retained = self.retained();
         Ok(self
             .all_events()
             .into_iter()
@@ -206,6 +210,18 @@ impl Model {
                 in_range(&e.kv.key, key, range_end)
                     && e.kv.mod_revision >= from
                     && e.kv.mod_revision <= to
+                    && (e.kv.mod_revision > compact
+                        || retained.contains(&(
+                            e.kv.key.clone(),
+                            e.kv.mod_revision,
+                            e.sub_revision,
+                        )))
+            })
+            .map(|mut e| {
+                if e.kv.mod_revision <= compact {
+                    e.prev_kv = None;
+                }
+                e
             })
             .collect())
     }
