@@ -10,5 +10,8 @@ pub mod types;
 pub use routing::{key_hash, shard_for_key};
 pub use segment::{SegmentError, SegmentLog};
 pub use storage::{FaultyStorage, MemStorage, Storage};
-pub use store::{combine_compare, key_in_range, CompareOutcome, MvccStore, TxnOutcome};
+pub use store::{
+    combine_compare, combine_hash_records, key_in_range, CompareOutcome, HashRecord, MvccStore,
+    TxnOutcome,
+};
 pub use types::*;

@@ -323,6 +323,9 @@ pub struct SegmentLog<S: Storage> {
     /// records from rewritten segments.
     appended_compact_revision: i64,
     durable_compact_revision: i64,
+    /// The compaction appended before the last `rotate`: durable once the server confirms
+    /// that checkpoint (`checkpoint_saved`).
+    rotated_compact_revision: i64,
     rewrite: Option<Rewrite>,
     poisoned: bool,
 }
@@ -444,6 +447,7 @@ impl<S: Storage> SegmentLog<S> {
             synced_raft_index: last_raft_index,
             appended_compact_revision: store.compact_revision(),
             durable_compact_revision: store.compact_revision(),
+            rotated_compact_revision: store.compact_revision(),
             rewrite: None,
             poisoned: false,
         };
@@ -469,6 +473,14 @@ impl<S: Storage> SegmentLog<S> {
         Ok((log, store, last_raft_index))
     }
 
+    /// The server saved the checkpoint taken by the last `rotate`: the compaction it covers may
+    /// now drop records from rewritten segments.
+    pub fn checkpoint_saved(&mut self) {
+        self.durable_compact_revision = self
+            .durable_compact_revision
+            .max(self.rotated_compact_revision);
+    }
+
     /// Syncs the active segment and, if it holds any record, starts a new one. The server
     /// rotates at every checkpoint, so each segment lies wholly at or before a checkpoint or
     /// wholly after it, and `open_at` can drop what a crash left past the checkpoint.
@@ -484,7 +496,10 @@ impl<S: Storage> SegmentLog<S> {
         let result = self.storage.sync(&name).map_err(io_error(&name));
         self.guarded(result)?;
         self.synced_raft_index = self.last_raft_index;
-        self.durable_compact_revision = self.appended_compact_revision;
+        // Not durable for rewrites yet: until the server has saved this checkpoint, a crash
+        // restarts from the previous one, which still needs every version this compaction
+        // would drop (the WAL replays the puts that depend on them).
+        self.rotated_compact_revision = self.appended_compact_revision;
         if has_records {
             let result = self.start_segment(sequence);
             self.guarded(result)?;
@@ -690,7 +705,11 @@ impl<S: Storage> SegmentLog<S> {
 
     /// Rewrite old segments without the versions compaction dropped, doing at most about
     /// `budget_bytes` of reading per call so that the core's latency stays flat. Returns true
-    /// while work is left. Only a compaction that is durable in this log drops records.
+    /// while work is left. Only a compaction that is durable (synced by `sync`, or covered by
+    /// a saved checkpoint) drops records, and only while the store has applied no newer one:
+    /// the store says which versions that durable compaction keeps only until a newer one
+    /// drops more. A restart replays the WAL after the durable point, and the puts it replays
+    /// need the versions before them. Rewriting pauses (returns false) until then.
     ///
     /// `store` must be the store this log records (it has applied everything appended).
     pub fn compact_step(
@@ -708,6 +727,9 @@ impl<S: Storage> SegmentLog<S> {
         store: &MvccStore,
         budget_bytes: u64,
     ) -> Result<bool, SegmentError> {
+        if store.compact_revision() != self.durable_compact_revision {
+            return Ok(false);
+        }
         let mut work = 0u64;
         loop {
             if self.rewrite.is_none() {

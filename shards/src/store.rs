@@ -395,11 +395,13 @@ impl MvccStore {
                 }
             }
             None => {
-                // A tombstone for an absent key is meaningless; callers never write one.
-                assert!(new_live, "tombstone for a key with no history");
+                // Writes never delete an absent key; a lone tombstone only comes from restoring
+                // one that a compaction at its revision kept (see `restore_version`).
                 self.approximate_bytes += key.len() + KEY_OVERHEAD_BYTES;
                 self.keys.insert(key.into(), vec![entry].into_boxed_slice());
-                self.live_keys += 1;
+                if new_live {
+                    self.live_keys += 1;
+                }
             }
         }
     }
@@ -766,7 +768,8 @@ impl MvccStore {
             if below == 0 {
                 continue;
             }
-            let dropped = if entries[below - 1].is_tombstone() {
+            let newest = &entries[below - 1];
+            let dropped = if newest.is_tombstone() && newest.main < revision {
                 below
             } else {
                 below - 1
@@ -813,7 +816,10 @@ impl MvccStore {
         }
         let newest_at_compaction =
             entries.partition_point(|entry| entry.main <= self.compact_revision) - 1;
-        index == newest_at_compaction && !entry.is_tombstone()
+        // etcd (since 3.5.15) keeps a tombstone that sits exactly at the compact revision, so
+        // a watch from that revision still sees the delete; the next compaction drops it.
+        index == newest_at_compaction
+            && (!entry.is_tombstone() || entry.main == self.compact_revision)
     }
 
     /// All events with from <= mod_revision <= to for keys in [key, range_end), ordered by
@@ -872,21 +878,34 @@ impl MvccStore {
     /// bucket name "key", then for each version in (revision, sub-revision) order its 17- or
     /// 18-byte revision key and its protobuf-encoded KeyValue.
     pub fn hash_kv(&self, revision: i64) -> u32 {
-        let mut records: Vec<(i64, u32, &[u8], &Entry)> = Vec::new();
+        combine_hash_records(&[self.hash_records(revision)])
+    }
+
+    /// This store's part of the HashKV stream at `revision`, sorted by (revision,
+    /// sub-revision): each record's CRC and length, so shards can be merged into the one
+    /// stream etcd hashes (`combine_hash_records`) without shipping the bytes.
+    pub fn hash_records(&self, revision: i64) -> Vec<HashRecord> {
+        let compact = self.compact_revision;
+        let mut records: Vec<(i64, u32, &[u8], &Entry, bool)> = Vec::new();
         for (key, entries) in &self.keys {
-            for (index, entry) in entries.iter().enumerate() {
-                if entry.main > revision {
-                    break;
+            let newest = entries.partition_point(|entry| entry.main <= revision);
+            for (index, entry) in entries[..newest].iter().enumerate() {
+                if !self.visible_after_compaction(entries, index) {
+                    continue;
                 }
-                if self.visible_after_compaction(entries, index) {
-                    records.push((entry.main, entry.sub, key, entry));
+                // etcd never hashes the tombstone a compaction at its revision keeps: older
+                // etcd versions deleted it, and members of both must agree.
+                if entry.main == compact && entry.is_tombstone() {
+                    continue;
                 }
+                let current = index + 1 == newest && !entry.is_tombstone();
+                records.push((entry.main, entry.sub, key, entry, current));
             }
         }
-        records.sort_unstable_by_key(|&(main, sub, _, _)| (main, sub));
-        let mut crc = crc32c::crc32c(b"key");
+        records.sort_unstable_by_key(|&(main, sub, _, _, _)| (main, sub));
+        let mut out = Vec::with_capacity(records.len());
         let mut buffer = Vec::with_capacity(128);
-        for (main, sub, key, entry) in records {
+        for (main, sub, key, entry, current) in records {
             buffer.clear();
             buffer.extend_from_slice(&main.to_be_bytes());
             buffer.push(b'_');
@@ -905,9 +924,16 @@ impl MvccStore {
                     entry.lease,
                 );
             }
-            crc = crc32c::crc32c_append(crc, &buffer);
+            out.push(HashRecord {
+                main,
+                sub,
+                crc: crc32c::crc32c(&buffer),
+                len: buffer.len() as u32,
+                below_compaction: main <= compact,
+                current,
+            });
         }
-        crc
+        out
     }
 
     /// Apply an event as recorded (segment replay, snapshot install): the version, create
@@ -929,17 +955,9 @@ impl MvccStore {
     /// `apply_event` without building an Event: recovery feeds archived records straight in.
     pub(crate) fn restore_version(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) {
         let sub = u32::try_from(version.sub).expect("sub-revision fits in 32 bits");
-        if value.is_none() && !self.keys.contains_key(key) {
-            // The versions before this tombstone were dropped from a rewritten segment by a
-            // compaction that had not reached the log's checkpoint; WAL replay applies that
-            // compaction again, which drops this tombstone too. Until then it deletes nothing.
-            assert!(
-                version.main >= self.last_revision,
-                "restored revisions only grow"
-            );
-            self.last_revision = version.main;
-            return;
-        }
+        // A tombstone may arrive for a key with no versions left: the one a compaction at its
+        // very revision keeps, or one whose older versions a rewritten segment dropped for a
+        // compaction that WAL replay applies again (which then drops the tombstone too).
         let entry = match value {
             None => Entry::tombstone(version.main, sub),
             Some(value) => Entry {
@@ -1029,6 +1047,38 @@ fn encode_varint(buffer: &mut Vec<u8>, mut value: u64) {
         value >>= 7;
     }
     buffer.push(value as u8);
+}
+
+/// One version's record in etcd's HashKV stream, summarised by its CRC32C and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashRecord {
+    pub main: i64,
+    pub sub: u32,
+    pub crc: u32,
+    pub len: u32,
+    /// At or below the compact revision (still stored: compaction kept it).
+    pub below_compaction: bool,
+    /// Its key's newest version at the hashed revision, and live.
+    pub current: bool,
+}
+
+/// etcd's HashKV over the records of every shard: CRC32C of "key" followed by every hashed
+/// record in (revision, sub-revision) order, assembled with CRC combination.
+///
+/// etcd hashes a stored record at or below the compact revision only if a compaction at the
+/// hashed revision would keep it (it is `current`), except when no record at all is current:
+/// then every stored one is hashed. Records above the compact revision are always hashed.
+pub fn combine_hash_records(parts: &[Vec<HashRecord>]) -> u32 {
+    let any_current = parts.iter().flatten().any(|r| r.current);
+    let mut all: Vec<&HashRecord> = parts
+        .iter()
+        .flatten()
+        .filter(|r| !r.below_compaction || r.current || !any_current)
+        .collect();
+    all.sort_unstable_by_key(|r| (r.main, r.sub));
+    all.iter().fold(crc32c::crc32c(b"key"), |crc, r| {
+        crc32c::crc32c_combine(crc, r.crc, r.len as usize)
+    })
 }
 
 /// mvccpb.KeyValue in protobuf wire format, zero fields omitted as proto3 does.

@@ -173,7 +173,10 @@ fn checkpoint_and_recover(
     let mut entries = Vec::new();
     let mut checkpoints = vec![0u64];
     let mut revision = 1i64;
-    for step in steps {
+    // The server saves each checkpoint right after its rotation; only the last one's save may
+    // be lost in the crash.
+    let last_sync = steps.iter().rposition(|step| matches!(step, Step::Sync));
+    for (position, step) in steps.iter().enumerate() {
         match step {
             // The server only records entries that touched the shard.
             Step::Op(op) => {
@@ -182,6 +185,9 @@ fn checkpoint_and_recover(
             Step::Sync => {
                 log.rotate().unwrap();
                 checkpoints.push(entries.len() as u64);
+                if !(lose_last && Some(position) == last_sync) {
+                    log.checkpoint_saved();
+                }
             }
             Step::Reclaim(budget) => {
                 log.compact_step(&store, *budget).unwrap();

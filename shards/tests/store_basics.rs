@@ -314,17 +314,24 @@ fn compaction_drops_history_and_tombstones() {
     assert_eq!(store.range(&get("a"), 4), Err(MvccError::Compacted));
     assert_eq!(store.range(&get("a"), 5).unwrap().kvs[0].version, 2);
     assert_eq!(store.history(b"a", b"", 4, 10), Err(MvccError::Compacted));
-    // From the compact revision itself: served (etcd serves a watch there); b's tombstone at
-    // 5 did not survive compaction, and a's version is older.
-    assert_eq!(store.history(b"\0", b"\0", 5, 10), Ok(vec![]));
+    // From the compact revision itself: served (etcd serves a watch there). b's tombstone at
+    // 5, exactly at the compact revision, survives (as in etcd 3.5.15+), without prev_kv.
+    let from_compaction = store.history(b"\0", b"\0", 5, 10).unwrap();
+    assert_eq!(from_compaction.len(), 1);
+    assert_eq!(from_compaction[0].kind, EventKind::Delete);
+    assert_eq!(from_compaction[0].prev_kv, None);
     assert_eq!(store.history(b"a", b"", 6, 10), Ok(vec![]));
-    assert!(!store.is_retained(b"b", 5, 0));
+    assert!(store.is_retained(b"b", 5, 0));
+    assert!(!store.is_retained(b"b", 4, 0));
     assert!(!store.is_retained(b"a", 2, 0));
     assert!(store.is_retained(b"a", 3, 0));
-    assert_eq!(store.retained_events().len(), 1);
+    assert_eq!(store.retained_events().len(), 2);
     // A version written after the compaction sees the kept one as its previous.
     let (_, event) = store.put(6, 0, &put("a", "3")).unwrap();
     assert_eq!(event.prev_kv.unwrap().version, 2);
+    // The next compaction drops that tombstone.
+    store.compact(6);
+    assert!(!store.is_retained(b"b", 5, 0));
 }
 
 #[test]

@@ -549,6 +549,9 @@ impl Coordinator {
                         "saved snapshot",
                         "snapshot-index" => index
                     );
+                    for shard in 0..self.shards.len() {
+                        self.shards.send(shard, ShardMsg::CheckpointSaved).await?;
+                    }
                     // Replay never needs the older WAL files again.
                     self.wal
                         .remove_through(index)

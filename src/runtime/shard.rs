@@ -63,6 +63,9 @@ pub enum ShardMsg {
         index: u64,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// The checkpoint of the last `Checkpoint` is saved: its compaction may now shrink old
+    /// segments (`SegmentLog::checkpoint_saved`).
+    CheckpointSaved,
     History {
         key: Bytes,
         range_end: Bytes,
@@ -70,9 +73,10 @@ pub enum ShardMsg {
         to: i64,
         reply: oneshot::Sender<Result<Vec<Event>, MvccError>>,
     },
+    /// This shard's part of etcd's HashKV stream (see `shards::combine_hash_records`).
     HashKv {
         revision: i64,
-        reply: oneshot::Sender<u32>,
+        reply: oneshot::Sender<Vec<shards::HashRecord>>,
     },
     Stats {
         reply: oneshot::Sender<ShardStats>,
@@ -148,7 +152,6 @@ impl Shard {
         self.flush();
         let result = self.log.rotate();
         self.note(result);
-        self.rewrite_due = true;
         match &self.failure {
             Some(e) => Err(e.clone()),
             None => {
@@ -284,6 +287,10 @@ pub fn handle(shard: &mut Shard, msg: ShardMsg) {
         ShardMsg::Checkpoint { index, reply } => {
             let _ = reply.send(shard.checkpoint(index));
         }
+        ShardMsg::CheckpointSaved => {
+            shard.log.checkpoint_saved();
+            shard.rewrite_due = true;
+        }
         ShardMsg::History {
             key,
             range_end,
@@ -294,7 +301,7 @@ pub fn handle(shard: &mut Shard, msg: ShardMsg) {
             let _ = reply.send(store.history(&key, &range_end, from, to));
         }
         ShardMsg::HashKv { revision, reply } => {
-            let _ = reply.send(store.hash_kv(revision));
+            let _ = reply.send(store.hash_records(revision));
         }
         ShardMsg::Stats { reply } => {
             let _ = reply.send(ShardStats {

@@ -227,7 +227,8 @@ impl Model {
     }
 
     /// The events a compacted store must still hold: everything after the compact revision,
-    /// plus each key's newest version at it when that version is live.
+    /// plus each key's newest version at it when that version is live or a tombstone exactly at
+    /// the compact revision (etcd keeps that one so a watch from there sees the delete).
     pub fn retained(&self) -> Vec<(Bytes, i64, i64)> {
         let compact = self.compact_revision;
         let mut newest_at_compaction: BTreeMap<Bytes, &Write> = BTreeMap::new();
@@ -236,7 +237,7 @@ impl Model {
         }
         let mut kept: Vec<(Bytes, i64, i64)> = newest_at_compaction
             .values()
-            .filter(|w| w.put.is_some())
+            .filter(|w| w.put.is_some() || w.main == compact)
             .map(|w| (w.key.clone(), w.main, w.sub))
             .collect();
         kept.extend(
