@@ -86,6 +86,21 @@ fn metrics(ctx: &Context) -> String {
          # HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version.\n\
          # TYPE etcd_server_version gauge\n\
          etcd_server_version{{server_version=\"{SERVER_VERSION}\"}} 1\n\
+         # HELP etcd_cluster_version Which version is running. 1 for 'cluster_version' label with current cluster version\n\
+         # TYPE etcd_cluster_version gauge\n\
+         etcd_cluster_version{{cluster_version=\"{cluster}\"}} 1\n\
+         # HELP etcd_mvcc_put_total Total number of puts seen by this member.\n\
+         # TYPE etcd_mvcc_put_total counter\n\
+         etcd_mvcc_put_total {puts}\n\
+         # HELP etcd_mvcc_delete_total Total number of deletes seen by this member.\n\
+         # TYPE etcd_mvcc_delete_total counter\n\
+         etcd_mvcc_delete_total {deletes}\n\
+         # HELP etcd_debugging_mvcc_keys_total Total number of keys.\n\
+         # TYPE etcd_debugging_mvcc_keys_total gauge\n\
+         etcd_debugging_mvcc_keys_total {keys}\n\
+         # HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.\n\
+         # TYPE grpc_server_handled_total counter\n\
+         grpc_server_handled_total{{grpc_code=\"Canceled\",grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"}} {watch_canceled}\n\
          # HELP etcd_debugging_mvcc_current_revision The current revision of store.\n\
          # TYPE etcd_debugging_mvcc_current_revision gauge\n\
          etcd_debugging_mvcc_current_revision {rev}\n\
@@ -107,5 +122,10 @@ fn metrics(ctx: &Context) -> String {
         db = p.db_size.load(Acquire),
         committed = p.committed_index.load(Acquire),
         applied = p.applied_index.load(Acquire),
+        cluster = CLUSTER_VERSION.rsplit_once('.').map_or(CLUSTER_VERSION, |(major_minor, _)| major_minor),
+        puts = p.puts_applied.load(Acquire),
+        deletes = p.deletes_applied.load(Acquire),
+        keys = p.keys.load(Acquire),
+        watch_canceled = super::watch::WATCH_STREAMS_CANCELED.load(Acquire),
     )
 }

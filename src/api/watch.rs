@@ -22,6 +22,11 @@ use crate::error::EtcdError;
 /// Stream IDs are unique per process; the hub keys its streams by them.
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Watch streams ended by the client since start. A watch stream only ends when its client
+/// goes away, which grpc-go records as code Canceled: etcd's
+/// grpc_server_handled_total{grpc_code="Canceled",grpc_method="Watch",...}.
+pub static WATCH_STREAMS_CANCELED: AtomicU64 = AtomicU64::new(0);
+
 pub struct WatchService {
     pub ctx: Context,
 }
@@ -198,6 +203,7 @@ impl pb::watch_server::Watch for WatchService {
                     return;
                 }
             }
+            WATCH_STREAMS_CANCELED.fetch_add(1, Ordering::Relaxed);
             let _ = send(WatchMsg::Close { stream }).await;
         })
         .detach();

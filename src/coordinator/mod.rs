@@ -66,6 +66,12 @@ pub struct Published {
     pub db_size: AtomicI64,
     /// Some member has the NOSPACE alarm raised.
     pub nospace: AtomicBool,
+    /// Live keys over all shards (refreshed with `db_size`).
+    pub keys: AtomicU64,
+    /// Versions written and keys deleted by applied entries since start (etcd's
+    /// etcd_mvcc_put_total and etcd_mvcc_delete_total).
+    pub puts_applied: AtomicU64,
+    pub deletes_applied: AtomicU64,
     /// The auth state every core checks permissions against, and the member's tokens.
     pub auth: auth::AuthShared,
 }
@@ -935,12 +941,32 @@ impl Coordinator {
             .call_all(|reply| ShardMsg::Stats { reply })
             .await?;
         let bytes: usize = stats.iter().map(|s| s.bytes).sum();
+        let keys: usize = stats.iter().map(|s| s.keys).sum();
+        self.published.keys.store(keys as u64, Ordering::Release);
         self.published
             .db_size
             .store(bytes as i64, Ordering::Release);
         self.db_size_read_at = Instant::now();
         self.db_size_stale = false;
         Ok(())
+    }
+
+    fn count_events(&self, events: &[Event]) {
+        let puts = events
+            .iter()
+            .filter(|e| e.kind == shards::EventKind::Put)
+            .count() as u64;
+        let deletes = events.len() as u64 - puts;
+        if puts > 0 {
+            self.published
+                .puts_applied
+                .fetch_add(puts, Ordering::Relaxed);
+        }
+        if deletes > 0 {
+            self.published
+                .deletes_applied
+                .fetch_add(deletes, Ordering::Relaxed);
+        }
     }
 
     /// Drops applied entries from raft's in-memory log, keeping a tail. The WAL file still has
@@ -1059,6 +1085,7 @@ impl Coordinator {
                 .map_err(|_| anyhow::anyhow!("a shard worker stopped"))?
                 .map_err(|e| anyhow::anyhow!("raft entry {index}: a plain put failed: {e}"))?;
             let events = [event];
+            self.count_events(&events);
             self.leases.observe(&events);
             self.watch.on_apply(main, &events);
             if let Some(tx) = self.waiters.remove(&id) {
@@ -1226,6 +1253,7 @@ impl Coordinator {
                 }
             },
         };
+        self.count_events(&events);
         self.leases.observe(&events);
         if !events.is_empty() {
             assert!(

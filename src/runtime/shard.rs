@@ -86,6 +86,8 @@ pub enum ShardMsg {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardStats {
     pub bytes: usize,
+    /// Live keys at the newest revision.
+    pub keys: usize,
 }
 
 /// Segment bytes before rotation: big enough that rotation is rare, small enough that a
@@ -306,6 +308,7 @@ pub fn handle(shard: &mut Shard, msg: ShardMsg) {
         ShardMsg::Stats { reply } => {
             let _ = reply.send(ShardStats {
                 bytes: store.approximate_bytes(),
+                keys: store.key_count(),
             });
         }
     }
