@@ -735,7 +735,7 @@ pub static FLAGS: &[FlagSpec] = &[
     f("experimental-memory-mlock", Bool, "false", G_EXP, "mlock the process memory.", NE_EXP),
     f("experimental-txn-mode-write-with-shared-buffer", Bool, "true", G_EXP, "Write txns share the read buffer.", NE_TUNE),
     f("experimental-stop-grpc-service-on-defrag", Bool, "false", G_EXP, "Stop serving during defragmentation.", NE_EXP),
-    f("experimental-bootstrap-defrag-threshold-megabytes", Uint, "0", G_EXP, "Defragment at boot when this much would be freed.", NE_EXP),
+    f("experimental-bootstrap-defrag-threshold-megabytes", Uint, "0", G_EXP, "Defragment at boot when this much would be freed.", Some("nothing to defragment at boot: shard segments are rewritten after each compaction, so no freeable space accumulates; with a threshold set, start-up logs etcd's \"Skipping defragmentation\" line with the sizes")),
     f("experimental-snapshot-catchup-entries", Uint, "5000", G_EXP, "Entries kept for slow followers after a snapshot.", NE_CLUSTER),
     // unsafe
     f("unsafe-no-fsync", Bool, "false", G_UNSAFE, "Do not fsync (data loss on crash).", NE_LATER),

@@ -135,6 +135,22 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         "keys" => recovered_shards.shards.iter().map(|s| s.store.key_count()).sum::<usize>(),
         "took" => format!("{:?}", started.elapsed())
     );
+    if cfg.experimental_bootstrap_defrag_threshold_megabytes > 0 {
+        // etcd defragments at boot when enough space is freeable. Our segments are rewritten
+        // after every compaction, so there is never a backlog to reclaim here.
+        let size: usize = recovered_shards
+            .shards
+            .iter()
+            .map(|s| s.store.approximate_bytes())
+            .sum();
+        log_info!(
+            "Skipping defragmentation",
+            "current-db-size-bytes" => size,
+            "current-db-size-in-use-bytes" => size,
+            "experimental-bootstrap-defrag-threshold-bytes" =>
+                cfg.experimental_bootstrap_defrag_threshold_megabytes * 1024 * 1024
+        );
+    }
     let restored = coordinator::Restored {
         checkpoint,
         lease_keys: recovered_shards.lease_keys,
