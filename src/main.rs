@@ -258,7 +258,6 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .name(&format!("rusd-core-{core}"))
             .io_memory(runtime::IO_MEMORY_BYTES)
             .spawn(move || async move {
-                glommio::spawn_local(runtime::wakeup_guard()).detach();
                 glommio::spawn_local(runtime::shard::run(rx, shard_state)).detach();
                 if let Some((recovered, restored, wal_dir, coord_rx, serving_tx, ccfg)) = parts {
                     let shards = ctx.shards.clone();

@@ -207,21 +207,11 @@ impl pb::watch_server::Watch for WatchService {
             let _ = send(WatchMsg::Close { stream }).await;
         })
         .detach();
-        // The hub fills `out_rx` from core 0. A task of this core moves responses to a local
-        // channel under `runtime::recheck`, so a lost cross-core wake-up delays a watch event
-        // by a few milliseconds at most instead of until the next unrelated event.
-        let (local_tx, local_rx) = futures::channel::mpsc::channel::<WatchOut>(WATCH_OUTBOX_MAX);
-        glommio::spawn_local(async move {
-            let mut local_tx = local_tx;
-            while let Ok(out) = crate::runtime::recheck(out_rx.recv_async()).await {
-                if futures::SinkExt::send(&mut local_tx, out).await.is_err() {
-                    return; // the client is gone; the hub notices the dropped outbox
-                }
-            }
-        })
-        .detach();
         let ctx = self.ctx.clone();
-        let responses = local_rx.map(move |out| Ok(response_out(&ctx, out)));
+        // The hub fills `out_rx` from core 0; the response stream drains it directly.
+        let responses = out_rx
+            .into_stream()
+            .map(move |out| Ok(response_out(&ctx, out)));
         Ok(Response::new(Box::pin(responses)))
     }
 }

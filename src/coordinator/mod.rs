@@ -202,52 +202,53 @@ impl CoordinatorHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> CoordMsg,
     ) -> Result<T, EtcdError> {
-        self.ask_for(make, Some(self.request_timeout)).await
+        self.ask_for(make, self.request_timeout).await
     }
 
     /// Sends a message that needs no answer.
     pub async fn send(&self, msg: CoordMsg) -> Result<(), EtcdError> {
-        let tx = self.tx.clone();
-        crate::runtime::on_this_core(async move { tx.send_async(msg).await })
+        self.tx
+            .send_async(msg)
             .await
-            .and_then(Result::ok)
-            .ok_or(EtcdError::Stopped)
+            .map_err(|_| EtcdError::Stopped)
     }
 
-    /// Sends a message built around a fresh oneshot and waits for the answer (through
-    /// `runtime::on_this_core`, so a lost cross-core wake-up cannot hang the caller).
+    /// Sends a message built around a fresh oneshot and waits for the answer.
     pub async fn ask<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> CoordMsg,
     ) -> Result<T, EtcdError> {
-        self.ask_for(make, None).await
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| EtcdError::Stopped)
     }
 
+    /// `ask` with the deadline. glommio's timer is not `Send` and the gRPC handlers' futures
+    /// must be, so the race between the answer and the timer runs as a task of this core.
     async fn ask_for<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> CoordMsg,
-        timeout: Option<Duration>,
+        timeout: Duration,
     ) -> Result<T, EtcdError> {
         let (reply, rx) = oneshot::channel();
         let msg = make(reply);
         let tx = self.tx.clone();
-        crate::runtime::on_this_core(async move {
+        let (done_tx, done_rx) = oneshot::channel();
+        glommio::spawn_local(async move {
             let answer = async move {
                 tx.send_async(msg).await.ok()?;
                 rx.await.ok()
             };
-            let Some(timeout) = timeout else {
-                return answer.await.ok_or(EtcdError::Stopped);
-            };
             let timer = glommio::timer::sleep(timeout);
             futures::pin_mut!(answer, timer);
-            match select(answer, timer).await {
+            let result = match select(answer, timer).await {
                 Either::Left((answer, _)) => answer.ok_or(EtcdError::Stopped),
                 Either::Right(_) => Err(EtcdError::Timeout),
-            }
+            };
+            let _ = done_tx.send(result);
         })
-        .await
-        .unwrap_or(Err(EtcdError::Stopped))
+        .detach();
+        done_rx.await.unwrap_or(Err(EtcdError::Stopped))
     }
 }
 

@@ -186,14 +186,35 @@ pub enum Listener {
 /// Binds `spec` on the calling core's executor.
 pub fn bind(spec: &ListenerSpec) -> std::io::Result<Listener> {
     match &spec.addr {
-        // SO_REUSEPORT: every core binds the same address; the kernel spreads connections.
-        ListenAddr::Tcp(a) => glommio::net::TcpListener::bind(a)
-            .map(Listener::Tcp)
-            .map_err(std::io::Error::from),
+        ListenAddr::Tcp(a) => bind_tcp(*a).map(Listener::Tcp),
         ListenAddr::Unix(p) => glommio::net::UnixListener::bind(p)
             .map(Listener::Unix)
             .map_err(std::io::Error::from),
     }
+}
+
+/// Connections the kernel queues per listening socket before `accept`: Go's cap on
+/// `net.core.somaxconn` (the kernel lowers it to the sysctl's value).
+const LISTEN_BACKLOG: i32 = 65535;
+
+/// A listening TCP socket for this core's executor. SO_REUSEPORT: every core binds the same
+/// address and the kernel spreads connections over them. SO_REUSEADDR, as Go's `net.Listen`
+/// (and so etcd) sets it: the port binds at once even while connections of an earlier
+/// process on it sit in TIME_WAIT (glommio's own `bind` omits it; without it a restart on the
+/// same port failed for a minute).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+
+    // socket2 opens the socket with SOCK_CLOEXEC.
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that nothing else owns; the
+    // glommio listener takes it over (and closes it when dropped).
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// What every connection of one listener shares.

@@ -47,20 +47,18 @@ impl ShardSet {
         make: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
     ) -> Result<T, ShardGone> {
         let (tx, rx) = oneshot::channel();
-        let sender = self.senders[shard].clone();
         let msg = make(tx);
-        super::on_this_core(async move {
-            sender.send_async(msg).await.map_err(|_| ShardGone)?;
-            rx.await.map_err(|_| ShardGone)
-        })
-        .await
-        .unwrap_or(Err(ShardGone))
+        self.senders[shard]
+            .send_async(msg)
+            .await
+            .map_err(|_| ShardGone)?;
+        rx.await.map_err(|_| ShardGone)
     }
 
-    /// Sends a message without waiting for its reply (the caller holds the receiver, and
-    /// should await it with `runtime::recheck`).
+    /// Sends a message without waiting for its reply (the caller holds the receiver).
     pub async fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardGone> {
-        super::recheck(self.senders[shard].send_async(msg))
+        self.senders[shard]
+            .send_async(msg)
             .await
             .map_err(|_| ShardGone)
     }
