@@ -192,6 +192,8 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg.auth_token_ttl,
             cfg.client_tls.client_cert_auth,
         )?),
+        gateway_streams: api::gateway::StreamGate::new(cfg.max_concurrent_streams),
+        cors: Arc::new(cfg.cors.clone()),
     };
 
     let listen_plan = net::ListenPlan::new(&cfg)?;

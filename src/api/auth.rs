@@ -272,6 +272,17 @@ impl Context {
         Ok((store, None))
     }
 
+    /// etcd's gateway check: with client certificate auth and auth enabled, a certificate that
+    /// names a user cannot call the gateway, which would not act as that user.
+    pub fn gateway_ignores_common_name(
+        &self,
+        cn: Option<&crate::net::tls::PeerCommonName>,
+    ) -> bool {
+        self.auth.client_cert_auth
+            && cn.is_some_and(|c| !c.0.is_empty())
+            && self.published.auth.snapshot().enabled()
+    }
+
     /// `identify` for a unary request.
     pub fn identify_request<T>(
         &self,

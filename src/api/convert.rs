@@ -138,14 +138,14 @@ fn compare_in(c: pb::Compare) -> Result<s::Compare, EtcdError> {
     })
 }
 
-fn op_in(op: pb::RequestOp, max_ops: usize) -> Result<Option<s::RequestOp>, EtcdError> {
+fn op_in(op: pb::RequestOp, max_ops: usize) -> Result<s::RequestOp, EtcdError> {
     Ok(match op.request {
-        Some(PbOp::RequestRange(r)) => Some(s::RequestOp::Range(range_in(r)?)),
-        Some(PbOp::RequestPut(p)) => Some(s::RequestOp::Put(put_in(p)?)),
-        Some(PbOp::RequestDeleteRange(d)) => Some(s::RequestOp::DeleteRange(delete_in(d)?)),
-        Some(PbOp::RequestTxn(t)) => Some(s::RequestOp::Txn(txn_in_inner(t, max_ops)?)),
-        // An empty op does nothing in etcd and gets an empty response slot; we drop it.
-        None => None,
+        Some(PbOp::RequestRange(r)) => s::RequestOp::Range(range_in(r)?),
+        Some(PbOp::RequestPut(p)) => s::RequestOp::Put(put_in(p)?),
+        Some(PbOp::RequestDeleteRange(d)) => s::RequestOp::DeleteRange(delete_in(d)?),
+        Some(PbOp::RequestTxn(t)) => s::RequestOp::Txn(txn_in_inner(t, max_ops)?),
+        // etcd's checkRequestOp refuses an op with no request in it.
+        None => return Err(EtcdError::KeyNotFound),
     })
 }
 
@@ -169,14 +169,16 @@ fn txn_in_inner(t: pb::TxnRequest, max_ops: usize) -> Result<s::TxnRequest, Etcd
         .map(compare_in)
         .collect::<Result<Vec<_>, _>>()?;
     let inner_max = max_ops - opc;
-    let mut success = Vec::with_capacity(t.success.len());
-    for op in t.success {
-        success.extend(op_in(op, inner_max)?);
-    }
-    let mut failure = Vec::with_capacity(t.failure.len());
-    for op in t.failure {
-        failure.extend(op_in(op, inner_max)?);
-    }
+    let success = t
+        .success
+        .into_iter()
+        .map(|op| op_in(op, inner_max))
+        .collect::<Result<Vec<_>, _>>()?;
+    let failure = t
+        .failure
+        .into_iter()
+        .map(|op| op_in(op, inner_max))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(s::TxnRequest {
         compare,
         success,

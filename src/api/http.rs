@@ -1,4 +1,5 @@
-//! Plain HTTP endpoints on the client port: /version, /health, /livez, /readyz, /metrics.
+//! Plain HTTP endpoints on the client port: /version, /health, /livez, /readyz, /metrics, and
+//! the CORS answer etcd gives on every HTTP path of that port.
 
 use std::sync::atomic::Ordering::Acquire;
 
@@ -10,6 +11,42 @@ use super::maintenance::{CLUSTER_VERSION, SERVER_VERSION};
 use super::Context;
 
 pub type Body = tonic::body::Body;
+
+/// etcd's accessController on the client port's HTTP side (gateway included): the CORS
+/// headers for an allowed origin (`--cors`; empty or `*` allows every origin, named `*`), and
+/// a bare 200 for any OPTIONS preflight. `None` when the request's origin is not allowed.
+pub fn cors_origin(
+    allowed: &[String],
+    origin: Option<&header::HeaderValue>,
+) -> Option<header::HeaderValue> {
+    if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        return Some(header::HeaderValue::from_static("*"));
+    }
+    let origin = origin?;
+    let o = origin.to_str().ok()?;
+    allowed.iter().any(|a| a == o).then(|| origin.clone())
+}
+
+pub fn add_cors(resp: &mut Response<Body>, origin: header::HeaderValue) {
+    let h = resp.headers_mut();
+    h.append(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.append(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.append(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::HeaderValue::from_static("accept, content-type, authorization"),
+    );
+}
+
+/// The answer to an OPTIONS request: headers only.
+pub fn preflight() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(Body::empty())
+        .expect("static response parts are valid")
+}
 
 fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()

@@ -25,6 +25,20 @@ fn alarm_type(a: AlarmKind) -> pb::AlarmType {
 }
 
 impl MaintenanceService {
+    /// The key history up to `revision`: shard hashes folded in shard order, equal across
+    /// members with the same --shards.
+    async fn shards_hash(&self, revision: i64) -> Result<u32, Status> {
+        let parts = self
+            .ctx
+            .shards
+            .call_all(|reply| ShardMsg::HashKv { revision, reply })
+            .await
+            .map_err(|_| status(EtcdError::Stopped))?;
+        // One stream over every shard's records, as etcd hashes its single store: the hash
+        // equals etcd's for the same history, whatever --shards is.
+        Ok(shards::combine_hash_records(&parts))
+    }
+
     async fn alarm_list(&self) -> Result<Response<pb::AlarmResponse>, Status> {
         let alarms = self
             .ctx
@@ -135,18 +149,25 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.ctx.require_admin(&request)?;
         // Nothing to do: compaction frees shard memory and rewrites segments incrementally,
-        // so there is never fragmentation to reclaim in one stop-the-world pass.
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(self.ctx.header(self.ctx.published.revision())),
-        }))
+        // so there is never fragmentation to reclaim in one stop-the-world pass. etcd answers
+        // without a header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
+    /// etcd hashes its whole bolt file here, which no other store can reproduce; this is the
+    /// hash of the key history at the current revision (HashKV's), so that it changes with
+    /// every write as etcd's does.
     async fn hash(
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         self.ctx.require_admin(&request)?;
-        Err(unimplemented("Hash"))
+        let current = self.ctx.published.revision();
+        let hash = self.shards_hash(current).await?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.ctx.header(current)),
+            hash,
+        }))
     }
 
     async fn hash_kv(
@@ -164,22 +185,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         if rev < compact {
             return Err(status(EtcdError::Compacted));
         }
-        let parts = self
-            .ctx
-            .shards
-            .call_all(|reply| ShardMsg::HashKv {
-                revision: rev,
-                reply,
-            })
-            .await
-            .map_err(|_| status(EtcdError::Stopped))?;
-        // One stream over every shard's records, as etcd hashes its single store: the hash
-        // equals etcd's for the same history, whatever --shards is.
-        let hash = shards::combine_hash_records(&parts);
+        let hash = self.shards_hash(rev).await?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.ctx.header(current)),
             hash,
-            compact_revision: compact,
+            // etcd's store starts with compact revision -1 and reports it until a compaction.
+            compact_revision: if compact == 0 { -1 } else { compact },
         }))
     }
 

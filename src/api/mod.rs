@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod convert;
 pub mod election;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -39,6 +40,10 @@ pub struct Context {
     pub max_txn_ops: usize,
     /// Token provider, bcrypt cost and whether client certificates name users.
     pub auth: Arc<auth::AuthConfig>,
+    /// The member-wide cap on JSON gateway calls in flight (`--max-concurrent-streams`).
+    pub gateway_streams: Arc<gateway::StreamGate>,
+    /// `--cors`: origins the HTTP side answers with CORS headers.
+    pub cors: Arc<Vec<String>>,
 }
 
 impl Context {

@@ -1,5 +1,6 @@
 //! Routes one connection's requests: gRPC by service path to the tonic-generated servers,
-//! anything else to the HTTP endpoints. An unknown gRPC service or method answers code 12
+//! `/v3/...` to the JSON gateway (which calls back in here), anything else to the HTTP
+//! endpoints. An unknown gRPC service or method answers code 12
 //! (Unimplemented), which clients such as Kubernetes use to detect missing RPCs.
 
 use std::convert::Infallible;
@@ -22,7 +23,7 @@ use super::Context;
 
 /// gRPC decode limit above --max-request-bytes, as etcd sets it: large enough that etcd's own
 /// "request is too large" check, not the transport, answers slightly oversized requests.
-const GRPC_DECODE_OVERHEAD_BYTES: usize = 512 * 1024;
+pub(super) const GRPC_DECODE_OVERHEAD_BYTES: usize = 512 * 1024;
 
 #[derive(Clone)]
 pub struct Router {
@@ -190,6 +191,20 @@ where
             return Box::pin(async move { Ok(resp) });
         }
         let ctx = self.ctx.clone();
-        Box::pin(async move { Ok(super::http::handle(ctx, req).await) })
+        let cors = super::http::cors_origin(&ctx.cors, req.headers().get(http::header::ORIGIN));
+        let gateway = super::gateway::is_gateway_path(path).then(|| self.clone());
+        Box::pin(async move {
+            let mut resp = if req.method() == http::Method::OPTIONS {
+                super::http::preflight()
+            } else if let Some(router) = gateway {
+                super::gateway::handle(router, ctx, req).await
+            } else {
+                super::http::handle(ctx, req).await
+            };
+            if let Some(origin) = cors {
+                super::http::add_cors(&mut resp, origin);
+            }
+            Ok(resp)
+        })
     }
 }

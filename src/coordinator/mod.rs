@@ -365,7 +365,13 @@ impl Coordinator {
             let mut w = storage.wl();
             w.append(&recovered.entries)
                 .map_err(|e| anyhow::anyhow!("restoring raft log: {e}"))?;
-            w.set_hardstate(recovered.hard_state.clone());
+            let mut hs = recovered.hard_state.clone();
+            // etcd bootstraps a new member at term 1 (its membership entries) and then elects
+            // at term 2; clients see that term in every header, so a new member starts there.
+            if checkpoint.raft_index == 0 && recovered.entries.is_empty() && hs.term == 0 {
+                hs.term = 1;
+            }
+            w.set_hardstate(hs);
         }
         let raft_cfg = raft::Config {
             id: cfg.member_id,
