@@ -1297,3 +1297,53 @@ fn member_list_header_has_no_revision() {
         }
     });
 }
+
+/// Txns of plain puts are applied without waiting for each other (they certainly write one
+/// revision each): under concurrency, every txn — compare true or false — still gets its own
+/// revision, with none skipped, and the taken branch is the one the store state implies.
+#[test]
+fn concurrent_certain_txns_get_distinct_revisions() {
+    each_shards(|shards| async move {
+        let srv = Server::start(shards);
+        const TASKS: usize = 8;
+        const EACH: usize = 40;
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let mut c = srv.client().await;
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..EACH {
+                    // The first txn on a key takes the success branch, later ones the failure.
+                    let key = format!("ct/{}", (t * EACH + i) % 50);
+                    let r = c
+                        .txn(ops::txn_req(
+                            vec![ops::cmp(&key, "", R::Equal, Operand::Version(0))],
+                            vec![ops::put(&key, "first")],
+                            vec![ops::put(&key, "again"), ops::put(&format!("{key}/n"), "x")],
+                        ))
+                        .await;
+                    out.push((r.header.unwrap().revision, r.succeeded, key));
+                }
+                out
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        let mut revisions: Vec<i64> = all.iter().map(|(rev, _, _)| *rev).collect();
+        revisions.sort_unstable();
+        let expected: Vec<i64> = (2..2 + (TASKS * EACH) as i64).collect();
+        assert_eq!(revisions, expected, "one revision per txn, none skipped");
+        // Exactly one txn per key took the success branch: the one at the key's lowest revision.
+        let mut by_key: std::collections::BTreeMap<String, Vec<(i64, bool)>> = Default::default();
+        for (rev, ok, key) in all {
+            by_key.entry(key).or_default().push((rev, ok));
+        }
+        for (key, mut seen) in by_key {
+            seen.sort_unstable();
+            assert!(seen[0].1, "{key}: the first txn must succeed: {seen:?}");
+            assert!(seen[1..].iter().all(|(_, ok)| !ok), "{key}: {seen:?}");
+        }
+    });
+}

@@ -284,6 +284,13 @@ struct CheckpointInFlight {
     done: oneshot::Receiver<Result<(), String>>,
 }
 
+/// A committed entry applied without waiting for the one before (see `pipeline_run`).
+enum Pipelined {
+    Put(shards::PutRequest),
+    /// A single-shard txn, and its shard.
+    Txn(usize, TxnRequest),
+}
+
 /// Linearizable reads waiting together for one read index.
 type ReadBatch = Vec<oneshot::Sender<Result<(), EtcdError>>>;
 
@@ -1006,10 +1013,10 @@ impl Coordinator {
     async fn apply_entries(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
         let mut i = 0;
         while i < entries.len() {
-            let run = self.plain_put_run(&entries[i..])?;
+            let run = self.pipeline_run(&entries[i..])?;
             if run.len() > 1 {
                 i += run.len();
-                self.apply_put_run(run).await?;
+                self.apply_pipelined(run).await?;
                 continue;
             }
             let e = &entries[i];
@@ -1029,76 +1036,111 @@ impl Coordinator {
         self.published.applied_index.store(index, Ordering::Release);
     }
 
-    /// The leading entries that are puts certain to succeed: no ignore_value/ignore_lease (the
-    /// only puts a shard can refuse), a lease that exists, no NOSPACE alarm, no auth wrapper.
-    /// Each such put consumes exactly one revision, so a run of them can be sent to the shards
-    /// all at once instead of one round trip after another.
-    fn plain_put_run(
-        &self,
-        entries: &[Entry],
-    ) -> anyhow::Result<Vec<(u64, u64, shards::PutRequest)>> {
+    /// The leading entries that certainly succeed and write exactly one revision: puts with no
+    /// ignore_value/ignore_lease (the only puts a shard can refuse) and a lease that exists,
+    /// and single-shard txns whose every branch that can be taken is such puts only. No
+    /// NOSPACE alarm, no auth wrapper. Since each consumes exactly one revision whatever the
+    /// store holds, a run of them can be sent to the shards all at once instead of one round
+    /// trip after another, and still get the revisions serial apply would give.
+    fn pipeline_run(&self, entries: &[Entry]) -> anyhow::Result<Vec<(u64, u64, Pipelined)>> {
         let mut run = Vec::new();
         if self.published.nospace.load(Ordering::Acquire) {
             return Ok(run);
         }
+        let plain = |p: &shards::PutRequest| {
+            !p.ignore_value && !p.ignore_lease && (p.lease == 0 || self.leases.contains(p.lease))
+        };
         for e in entries.iter().take(PUT_PIPELINE_MAX) {
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 break;
             }
             let (id, req) = codec::decode(&e.data)
                 .map_err(|err| anyhow::anyhow!("raft entry {}: {err}", e.index))?;
-            match req {
-                WriteRequest::Put(p)
-                    if !p.ignore_value
-                        && !p.ignore_lease
-                        && (p.lease == 0 || self.leases.contains(p.lease)) =>
-                {
-                    run.push((e.index, id, p))
+            let item = match req {
+                WriteRequest::Put(p) if plain(&p) => Pipelined::Put(p),
+                WriteRequest::Txn(t) => {
+                    let only_plain_puts = |ops: &[RequestOp]| {
+                        !ops.is_empty()
+                            && ops
+                                .iter()
+                                .all(|op| matches!(op, RequestOp::Put(p) if plain(p)))
+                    };
+                    let certain = only_plain_puts(&t.success)
+                        && (t.compare.is_empty() || only_plain_puts(&t.failure));
+                    match single_shard_of_txn(&t, &self.shards) {
+                        Some(shard) if certain => Pipelined::Txn(shard, t),
+                        _ => break,
+                    }
                 }
                 _ => break,
-            }
+            };
+            run.push((e.index, id, item));
         }
         Ok(run)
     }
 
-    async fn apply_put_run(
-        &mut self,
-        run: Vec<(u64, u64, shards::PutRequest)>,
-    ) -> anyhow::Result<()> {
+    async fn apply_pipelined(&mut self, run: Vec<(u64, u64, Pipelined)>) -> anyhow::Result<()> {
+        enum Reply {
+            Put(oneshot::Receiver<Result<(PutResponse, Event), shards::MvccError>>),
+            Txn(oneshot::Receiver<Result<shards::TxnOutcome, shards::MvccError>>),
+        }
         let mut pending = Vec::with_capacity(run.len());
-        for (index, id, req) in run {
+        for (index, id, item) in run {
             let main = self.revision + 1;
             self.revision = main;
-            let (reply, rx) = oneshot::channel();
-            let owner = self.shards.owner(&req.key);
-            self.shards
-                .send(
-                    owner,
-                    ShardMsg::Put {
+            let reply = match item {
+                Pipelined::Put(req) => {
+                    let (reply, rx) = oneshot::channel();
+                    let owner = self.shards.owner(&req.key);
+                    let msg = ShardMsg::Put {
                         index,
                         main,
                         sub: 0,
                         req,
                         reply,
-                    },
-                )
-                .await?;
-            pending.push((index, id, main, rx));
+                    };
+                    self.shards.send(owner, msg).await?;
+                    Reply::Put(rx)
+                }
+                Pipelined::Txn(shard, req) => {
+                    let (reply, rx) = oneshot::channel();
+                    let msg = ShardMsg::Txn {
+                        index,
+                        main,
+                        req,
+                        reply,
+                    };
+                    self.shards.send(shard, msg).await?;
+                    Reply::Txn(rx)
+                }
+            };
+            pending.push((index, id, main, reply));
         }
         self.db_size_stale = true;
-        for (index, id, main, rx) in pending {
-            let (resp, event) = crate::runtime::recheck(rx)
-                .await
-                .map_err(|_| anyhow::anyhow!("a shard worker stopped"))?
-                .map_err(|e| anyhow::anyhow!("raft entry {index}: a plain put failed: {e}"))?;
-            let events = [event];
+        for (index, id, main, reply) in pending {
+            let gone = || anyhow::anyhow!("a shard worker stopped");
+            let failed = |e| anyhow::anyhow!("raft entry {index}: a certain write failed: {e}");
+            let (events, response) = match reply {
+                Reply::Put(rx) => {
+                    let (resp, event) = rx.await.map_err(|_| gone())?.map_err(failed)?;
+                    (vec![event], WriteResponse::Put(resp))
+                }
+                Reply::Txn(rx) => {
+                    let outcome = rx.await.map_err(|_| gone())?.map_err(failed)?;
+                    anyhow::ensure!(
+                        outcome.wrote,
+                        "raft entry {index}: a txn of plain puts wrote nothing"
+                    );
+                    (outcome.events, WriteResponse::Txn(outcome.response))
+                }
+            };
             self.count_events(&events);
             self.leases.observe(&events);
             self.watch.on_apply(main, &events);
             if let Some(tx) = self.waiters.remove(&id) {
                 let _ = tx.send(Ok(WriteOutcome {
                     revision: main,
-                    response: WriteResponse::Put(resp),
+                    response,
                 }));
             }
             self.mark_applied(index);
