@@ -43,6 +43,8 @@ const PUT_PIPELINE_MAX: usize = 1024;
 const RAFT_LOG_RETAINED_ENTRIES: u64 = 5000;
 /// How stale the published store size may be while writes flow.
 const DB_SIZE_REFRESH_INTERVAL: Duration = Duration::from_millis(20);
+/// The longest the coordinator's loop parks with nothing to do.
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(5);
 /// etcd refuses new proposals while this many committed entries are not yet applied.
 pub const UNAPPLIED_ENTRIES_MAX: u64 = 5000;
 /// A checkpoint is also taken this long after the last one if anything was applied since, so
@@ -521,9 +523,9 @@ impl Coordinator {
                     next_tick = now + self.heartbeat_interval;
                 }
             } else if !self.node.has_ready() {
-                // Never park longer than the re-check interval: a message whose wake-up was
-                // lost is still found quickly (see runtime::recheck).
-                let wait = (next_tick - now).min(crate::runtime::RECHECK_INTERVAL);
+                // Park at most IDLE_WAIT_MAX, so a finished checkpoint (polled, not woken) is
+                // taken up promptly.
+                let wait = (next_tick - now).min(IDLE_WAIT_MAX);
                 let inbox = self.inbox.clone();
                 let recv = inbox.recv_async();
                 let sleep = glommio::timer::sleep(wait);
@@ -630,8 +632,7 @@ impl Coordinator {
         glommio::spawn_local(async move {
             let result = async {
                 for rx in replies {
-                    crate::runtime::recheck(rx)
-                        .await
+                    rx.await
                         .map_err(|_| "a shard worker stopped".to_string())??;
                 }
                 // The state file is a few blocking writes and fsyncs: off the executor.
@@ -642,8 +643,7 @@ impl Coordinator {
                         let _ = tx.send(checkpoint::write(&dir, &state).map_err(|e| e.to_string()));
                     })
                     .map_err(|e| e.to_string())?;
-                crate::runtime::recheck(rx)
-                    .await
+                rx.await
                     .map_err(|_| "the checkpoint writer stopped".to_string())?
             }
             .await;

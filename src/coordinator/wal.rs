@@ -368,7 +368,7 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// The live WAL, owned by the coordinator on core 0. Writes and fdatasyncs happen on a
 /// dedicated thread: start-up runs showed glommio file operations (open, fdatasync) whose
 /// completion never reached the coordinator, hanging the member before its first Ready. The
-/// coordinator hands each Ready's records over and waits under `runtime::recheck`, so one
+/// coordinator hands each Ready's records over and waits on a oneshot, so one
 /// Ready is still exactly one write and one fdatasync, and core 0 keeps serving meanwhile.
 ///
 /// At a checkpoint the WAL moves to a new file (`rotate`); once the checkpoint is durable,
@@ -450,8 +450,7 @@ impl Wal {
         let len = records.len() as u64;
         let (done, rx) = futures::channel::oneshot::channel();
         self.submit(WalJob::Append { records, done })?;
-        crate::runtime::recheck(rx)
-            .await
+        rx.await
             .map_err(|_| std::io::Error::other("the WAL writer thread stopped"))??;
         self.bytes += len;
         let active = self.files.last_mut().expect("the WAL has a file");

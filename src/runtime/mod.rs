@@ -75,16 +75,6 @@ pub fn ensure_memlock(executors: usize) -> anyhow::Result<()> {
 /// How often the coordinator's queue may be preempted by other work on core 0.
 pub const COORDINATOR_LATENCY: Duration = Duration::from_millis(1);
 
-/// The coordinator's idle wait still parks at most this long per loop turn (kept for it).
-pub const RECHECK_INTERVAL: Duration = Duration::from_millis(5);
-
-/// Awaits `fut`. Formerly re-polled it every `RECHECK_INTERVAL` because cross-core wake-ups
-/// seemed to get lost; they were delivered, and the task stranded by the glommio bug described
-/// in `vendor/README.md`, now fixed. A plain await, kept so that callers compile unchanged.
-pub async fn recheck<F: std::future::Future>(fut: F) -> F::Output {
-    fut.await
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

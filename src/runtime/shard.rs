@@ -196,7 +196,7 @@ pub async fn run(rx: flume::Receiver<ShardMsg>, mut shard: Shard) {
                 }
             }
         } else {
-            match super::recheck(rx.recv_async()).await {
+            match rx.recv_async().await {
                 Ok(msg) => msg,
                 Err(_) => return,
             }

@@ -167,7 +167,7 @@ impl Drop for StreamPermit {
 }
 
 /// How often a call waiting for a place looks again: places are freed on any core, and a
-/// cross-core wake-up is not reliable here (see `runtime::recheck`), so waiters poll.
+/// poll keeps the gate a plain atomic counter instead of a cross-core waiter list.
 const GATE_POLL: Duration = Duration::from_millis(5);
 
 impl StreamGate {
