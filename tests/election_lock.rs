@@ -42,6 +42,18 @@ async fn clients(srv: &Server) -> Clients {
 }
 
 impl Clients {
+    /// Locks `name` with `lease`, expecting the lock to be granted at once.
+    async fn lock_now(&mut self, name: &str, lease: i64) -> lpb::LockResponse {
+        self.lock
+            .lock(lpb::LockRequest {
+                name: b(name),
+                lease,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     async fn grant(&mut self) -> i64 {
         self.lease
             .lease_grant(pb::LeaseGrantRequest { ttl: 30, id: 0 })
@@ -269,26 +281,10 @@ fn locks_are_granted_in_order_and_given_up_by_waiters_that_leave() {
         let mut c = clients(&srv).await;
         let (l1, l2, l3) = (c.grant().await, c.grant().await, c.grant().await);
 
-        let k1 = c
-            .lock
-            .lock(lpb::LockRequest {
-                name: b("m"),
-                lease: l1,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let k1 = c.lock_now("m", l1).await;
         assert_eq!(k1.key, b(&format!("m/{l1:x}")));
         // Locking again with the same lease is the same hold.
-        let again = c
-            .lock
-            .lock(lpb::LockRequest {
-                name: b("m"),
-                lease: l1,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let again = c.lock_now("m", l1).await;
         assert_eq!(again.key, k1.key);
 
         let mut lc = c.lock.clone();

@@ -73,6 +73,8 @@ pub struct WalFile {
     pub name: String,
     pub seq: u64,
     pub last_index: u64,
+    /// Its length: what it costs on disk, kept here so removals need no stat.
+    pub bytes: u64,
 }
 
 /// What a WAL holds after recovery.
@@ -169,6 +171,7 @@ pub fn recover(dir: &Path, checkpoint: u64) -> Result<Recovered, WalError> {
             name,
             seq,
             last_index: file_last,
+            bytes: valid as u64,
         });
         if is_last {
             out.end_offset = valid as u64;
@@ -357,6 +360,9 @@ pub fn bootstrap(
             source,
         })?;
     recovered.end_offset += buf.len() as u64;
+    if let Some(last) = recovered.files.last_mut() {
+        last.bytes = recovered.end_offset;
+    }
     recovered.metadata = Some(metadata);
     Ok(())
 }
@@ -375,7 +381,6 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// files whose entries all lie at or below it are removed (`remove_through`).
 pub struct Wal {
     jobs: std::sync::mpsc::SyncSender<WalJob>,
-    dir: PathBuf,
     files: Vec<WalFile>,
     /// Bytes in all files: what the WAL costs on disk.
     bytes: u64,
@@ -411,10 +416,7 @@ impl Wal {
                 path: path.clone(),
                 source,
             })?;
-        let mut bytes = recovered.end_offset;
-        for f in &recovered.files[..recovered.files.len() - 1] {
-            bytes += fs::metadata(dir.join(&f.name)).map_or(0, |m| m.len());
-        }
+        let bytes = recovered.files.iter().map(|f| f.bytes).sum();
         let (jobs, rx) = std::sync::mpsc::sync_channel::<WalJob>(WAL_JOBS_MAX);
         let thread_dir = dir.to_path_buf();
         let end_offset = recovered.end_offset;
@@ -424,7 +426,6 @@ impl Wal {
             .map_err(|source| WalError::Io { path, source })?;
         Ok(Wal {
             jobs,
-            dir: dir.to_path_buf(),
             files: recovered.files.clone(),
             bytes,
             metadata: recovered
@@ -454,6 +455,7 @@ impl Wal {
             .map_err(|_| std::io::Error::other("the WAL writer thread stopped"))??;
         self.bytes += len;
         let active = self.files.last_mut().expect("the WAL has a file");
+        active.bytes += len;
         active.last_index = active.last_index.max(last_index);
         Ok(())
     }
@@ -471,6 +473,7 @@ impl Wal {
             name: name.clone(),
             seq,
             last_index: 0,
+            bytes: head.len() as u64,
         });
         self.submit(WalJob::Rotate { name, head })
     }
@@ -483,9 +486,7 @@ impl Wal {
         let mut kept = Vec::new();
         for (i, f) in self.files.drain(..).enumerate() {
             if i < active && f.last_index <= index {
-                self.bytes = self
-                    .bytes
-                    .saturating_sub(fs::metadata(self.dir.join(&f.name)).map_or(0, |m| m.len()));
+                self.bytes -= f.bytes;
                 names.push(f.name);
             } else {
                 kept.push(f);
