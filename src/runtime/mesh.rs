@@ -36,6 +36,11 @@ impl ShardSet {
         self.senders.len()
     }
 
+    /// Never true for a running member (it has at least one shard); here for the `len` idiom.
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
     pub fn owner(&self, key: &[u8]) -> usize {
         shards::shard_for_key(key, self.senders.len())
     }

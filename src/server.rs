@@ -1,0 +1,353 @@
+//! Start-up of one member: parses nothing itself (see `config`), recovers the WAL, the
+//! checkpoint and the shards, starts one executor per core and waits for a signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::channel::oneshot;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::api::{Context, MemberInfo};
+use crate::config::Config;
+use crate::coordinator::{wal, Coordinator, CoordinatorConfig, CoordinatorHandle, Published};
+use crate::runtime::mesh::{ShardSet, SHARD_INBOX_MAX};
+use crate::{api, coordinator, ids, logging, net, recovery, runtime};
+
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    logging::init(cfg.log_level, &cfg.log_outputs)?;
+    cfg.emit_startup_logs();
+    cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
+    log_info!(
+        "starting rusd",
+        "etcd-version" => api::maintenance::SERVER_VERSION,
+        "rusd-version" => env!("CARGO_PKG_VERSION"),
+        "name" => cfg.name.clone(),
+        "data-dir" => cfg.data_dir.display().to_string()
+    );
+    let cpus = runtime::allowed_cpus();
+    let shard_count = if cfg.shards == 0 {
+        cpus.len()
+    } else {
+        cfg.shards
+    };
+    runtime::ensure_memlock(shard_count)?;
+    block_signals();
+
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let wal_dir = cfg
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| wal::wal_dir(&cfg.data_dir));
+    // The checkpoint first: it says which WAL entries are still needed and where the shards'
+    // segment logs stop.
+    let mut checkpoint =
+        coordinator::checkpoint::read(&coordinator::checkpoint::checkpoint_dir(&cfg.data_dir))?;
+    let checkpoint_index = checkpoint.as_ref().map_or(0, |c| c.raft_index);
+    let mut recovered = wal::recover(&wal_dir, checkpoint_index).context("recovering the WAL")?;
+    if recovered.truncated_bytes > 0 {
+        log_warn!(
+            "truncated a torn write at the end of the WAL",
+            "bytes" => recovered.truncated_bytes,
+            "offset" => recovered.end_offset
+        );
+    }
+
+    let members = ids::members_from_initial_cluster(&cfg);
+    let me = members
+        .iter()
+        .find(|(name, _, _)| *name == cfg.name)
+        .with_context(|| {
+            format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                cfg.name
+            )
+        })?
+        .clone();
+    let metadata = match recovered.metadata {
+        Some(m) => m,
+        None => {
+            let m = wal::Metadata {
+                member_id: me.1,
+                cluster_id: ids::initial_cluster_id(&cfg),
+            };
+            wal::bootstrap(&wal_dir, &mut recovered, m)?;
+            m
+        }
+    };
+    log_info!(
+        "member identity",
+        "local-member-id" => ids::format_id(metadata.member_id),
+        "cluster-id" => ids::format_id(metadata.cluster_id),
+        "shards" => shard_count,
+        "checkpoint-index" => checkpoint_index,
+        "recovered-entries" => recovered.entries.len()
+    );
+    let started = std::time::Instant::now();
+    let recovered_shards =
+        recovery::recover_shards(&cfg.data_dir, shard_count, checkpoint.as_mut())?;
+    log_info!(
+        "recovered the shards",
+        "shards" => shard_count,
+        "keys" => recovered_shards.shards.iter().map(|s| s.store.key_count()).sum::<usize>(),
+        "took" => format!("{:?}", started.elapsed())
+    );
+    if cfg.experimental_bootstrap_defrag_threshold_megabytes > 0 {
+        // etcd defragments at boot when enough space is freeable. Our segments are rewritten
+        // after every compaction, so there is never a backlog to reclaim here.
+        let size: usize = recovered_shards
+            .shards
+            .iter()
+            .map(|s| s.store.approximate_bytes())
+            .sum();
+        log_info!(
+            "Skipping defragmentation",
+            "current-db-size-bytes" => size,
+            "current-db-size-in-use-bytes" => size,
+            "experimental-bootstrap-defrag-threshold-bytes" =>
+                cfg.experimental_bootstrap_defrag_threshold_megabytes * 1024 * 1024
+        );
+    }
+    let restored = coordinator::Restored {
+        checkpoint,
+        lease_keys: recovered_shards.lease_keys,
+    };
+    let mut shard_states: Vec<Option<runtime::shard::Shard>> =
+        recovered_shards.shards.into_iter().map(Some).collect();
+
+    let (coord_tx, coord_rx) = flume::bounded(coordinator::COORDINATOR_INBOX_MAX);
+    let mut shard_rxs = Vec::with_capacity(shard_count);
+    let mut shard_txs = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let (tx, rx) = flume::bounded(SHARD_INBOX_MAX);
+        shard_txs.push(tx);
+        shard_rxs.push(rx);
+    }
+    let published = Arc::new(Published::default());
+    let ctx = Context {
+        coordinator: CoordinatorHandle::new(
+            coord_tx,
+            // etcd's ReqTimeout: 5 s plus two election timeouts.
+            Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms),
+        ),
+        shards: ShardSet::new(shard_txs),
+        published: published.clone(),
+        member: Arc::new(MemberInfo {
+            member_id: metadata.member_id,
+            cluster_id: metadata.cluster_id,
+            client_urls: cfg
+                .advertise_client_urls
+                .iter()
+                .map(|u| u.raw.clone())
+                .collect(),
+        }),
+        max_request_bytes: cfg.max_request_bytes as usize,
+        max_txn_ops: cfg.max_txn_ops as usize,
+        auth: Arc::new(api::auth::AuthConfig::new(
+            &cfg.auth_token,
+            cfg.bcrypt_cost,
+            cfg.auth_token_ttl,
+            cfg.client_tls.client_cert_auth,
+        )?),
+        gateway_streams: api::gateway::StreamGate::new(cfg.max_concurrent_streams),
+        cors: Arc::new(cfg.cors.clone()),
+    };
+
+    let listen_plan = net::ListenPlan::new(&cfg)?;
+
+    let (serving_tx, serving_rx) = oneshot::channel();
+    let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
+    let mut coordinator_parts = Some((
+        recovered,
+        restored,
+        wal_dir.clone(),
+        coord_rx,
+        serving_tx,
+        CoordinatorConfig {
+            member_id: metadata.member_id,
+            heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
+            election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2)
+                as usize,
+            lease_ttl_min_secs: lease_ttl_min_secs(&cfg),
+            snapshot_count: cfg.snapshot_count,
+            checkpoint_dir: coordinator::checkpoint::checkpoint_dir(&cfg.data_dir),
+            quota_bytes: cfg.effective_quota_backend_bytes(),
+            watch_progress_interval: Duration::from_millis(
+                cfg.experimental_watch_progress_notify_interval_ms,
+            ),
+            initial_members: members
+                .iter()
+                .map(|(name, id, peer_urls)| {
+                    // This member keeps the ID its data dir was created with, whatever the
+                    // flags say now (as etcd does).
+                    let me = *name == cfg.name;
+                    coordinator::members::Member {
+                        id: if me { metadata.member_id } else { *id },
+                        name: name.clone(),
+                        peer_urls: peer_urls.clone(),
+                        // Other members' client URLs arrive when they publish them (with peers).
+                        client_urls: if me {
+                            ctx.member.client_urls.clone()
+                        } else {
+                            Vec::new()
+                        },
+                        is_learner: false,
+                    }
+                })
+                .collect(),
+        },
+    ));
+    let mut handles = Vec::new();
+    for (core, rx) in shard_rxs.into_iter().enumerate() {
+        let cpu = cpus[core % cpus.len()];
+        let ctx = ctx.clone();
+        let published = published.clone();
+        let plan = listen_plan.clone();
+        let parts = if core == 0 {
+            coordinator_parts.take()
+        } else {
+            None
+        };
+        let fatal = fatal_tx.clone();
+        let shard_state = shard_states[core].take().expect("one state per shard");
+        let limits = net::ServeLimits {
+            max_concurrent_streams: cfg.max_concurrent_streams,
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("rusd-core-{core}"))
+            .io_memory(runtime::IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                glommio::spawn_local(runtime::shard::run(rx, shard_state)).detach();
+                if let Some((recovered, restored, wal_dir, coord_rx, serving_tx, ccfg)) = parts {
+                    let shards = ctx.shards.clone();
+                    let queue = glommio::executor().create_task_queue(
+                        glommio::Shares::Static(1000),
+                        glommio::Latency::Matters(runtime::COORDINATOR_LATENCY),
+                        "coordinator",
+                    );
+                    let fatal = fatal.clone();
+                    glommio::spawn_local_into(
+                        async move {
+                            let result = async {
+                                let c = Coordinator::new(
+                                    ccfg, recovered, restored, &wal_dir, shards, published,
+                                    coord_rx, serving_tx,
+                                )
+                                .await?;
+                                c.run().await
+                            }
+                            .await;
+                            if let Err(e) = result {
+                                let _ = fatal.send(format!("coordinator: {e:#}"));
+                            }
+                        },
+                        queue,
+                    )
+                    .expect("the coordinator queue was just created")
+                    .detach();
+                }
+                let listeners = match plan.bind(core, shard_count) {
+                    Ok(l) => l,
+                    Err(msg) => {
+                        let _ = fatal.send(msg);
+                        return;
+                    }
+                };
+                let router = api::router::Router::new(ctx);
+                plan.serve(listeners, router, limits).await;
+            })
+            .map_err(|e| anyhow::anyhow!("starting the executor for core {core}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(fatal_tx);
+
+    // Wait for the member to serve (or fail) before announcing readiness.
+    let ready = std::thread::spawn(move || futures::executor::block_on(serving_rx).is_ok());
+    let waiting_since = std::time::Instant::now();
+    let mut next_report = Duration::from_secs(5);
+    loop {
+        if let Ok(msg) = fatal_rx.try_recv() {
+            anyhow::bail!("{msg}");
+        }
+        if ready.is_finished() {
+            break;
+        }
+        if waiting_since.elapsed() >= next_report {
+            // A member that cannot serve says why it waits, instead of staying silent.
+            use std::sync::atomic::Ordering::Acquire;
+            log_warn!(
+                "still waiting for this member to serve",
+                "waited-seconds" => waiting_since.elapsed().as_secs(),
+                "leader" => ids::format_id(published.leader()),
+                "raft-term" => published.raft_term(),
+                "committed-index" => published.committed_index.load(Acquire),
+                "applied-index" => published.applied_index.load(Acquire)
+            );
+            next_report *= 2;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !ready.join().unwrap_or(false) {
+        let msg = fatal_rx
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap_or_else(|_| "the coordinator stopped before serving".into());
+        anyhow::bail!("{msg}");
+    }
+    listen_plan.log_ready();
+
+    // From here the process lives until a signal or a fatal error.
+    let (sig_tx, sig_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sig_tx.send(wait_for_signal());
+    });
+    loop {
+        if let Ok(msg) = fatal_rx.try_recv() {
+            anyhow::bail!("{msg}");
+        }
+        if let Ok(sig) = sig_rx.try_recv() {
+            // Every acknowledged write was fsynced before its answer, so stopping here loses
+            // nothing; unanswered requests fail on the client's side as the connections close.
+            log_info!("received signal; shutting down", "signal" => sig);
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.
+fn lease_ttl_min_secs(cfg: &Config) -> i64 {
+    let ticks = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(1);
+    let min_ms = (3 * ticks / 2) * cfg.heartbeat_interval_ms;
+    min_ms.div_ceil(1000) as i64
+}
+
+/// Blocks SIGINT and SIGTERM in every thread (the executors inherit the mask), so that one
+/// thread can take them with sigwait.
+fn block_signals() {
+    // SAFETY: plain signal-mask syscalls on a stack set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_for_signal() -> &'static str {
+    // SAFETY: as above; sigwait only reads the set and writes the signal number.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        }
+    }
+}
