@@ -12,6 +12,7 @@ pub mod ids;
 #[macro_use]
 pub mod logging;
 pub mod net;
+pub mod peer;
 pub mod recovery;
 pub mod runtime;
 pub mod server;

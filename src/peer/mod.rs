@@ -1,0 +1,68 @@
+//! The peer transport: how members of one cluster talk to each other on `--listen-peer-urls`.
+//!
+//! Three kinds of traffic, each on its own connection so that one never waits behind another:
+//! - raft messages (heartbeats, appends, votes), batched, through a bounded queue per peer;
+//! - requests a member sends to another and waits an answer for (a follower forwarding a lease
+//!   keep-alive to the leader, a joining member asking for the member list), as opaque bytes
+//!   the coordinator encodes;
+//! - snapshots, streamed in bounded chunks.
+//!
+//! The raft node sees only the [`Transport`] trait, so the deterministic simulation can put an
+//! in-memory network in its place. Everything a peer sends us arrives as a [`PeerIncoming`] on
+//! the channel the transport was built with.
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use raft::eraftpb::Message;
+
+/// What the raft node needs from the network. Calls never block and never fail: delivery is
+/// best effort, and raft retries what is lost.
+pub trait Transport {
+    /// Queues raft messages for their destinations (`Message::to`). A message to an unknown
+    /// peer, or to a peer whose queue is full, is dropped; raft resends (as etcd does).
+    fn send(&mut self, msgs: Vec<Message>);
+    /// The other members and their peer URLs: the whole set, replacing the previous one.
+    fn set_peers(&mut self, peers: &[(u64, Vec<String>)]);
+    /// Members removed from the cluster: their connections are refused from now on.
+    fn set_removed(&mut self, ids: &[u64]);
+}
+
+/// Something a peer sent, delivered to the raft node's inbox.
+pub enum PeerIncoming {
+    /// Raft messages addressed to this member.
+    Raft(Vec<Message>),
+    /// Sending to this peer failed (connection refused or lost): raft should know
+    /// (`RawNode::report_unreachable`), so it stops optimistic replication to it.
+    Unreachable(u64),
+    /// A request from `from` (0 when the sender does not know its own ID yet, e.g. a joining
+    /// member asking for the member list). The body is opaque to the transport.
+    Request {
+        from: u64,
+        body: Bytes,
+        reply: oneshot::Sender<Bytes>,
+    },
+    /// A snapshot stream from `from`: `meta` (opaque) first, then the chunks in order. The
+    /// receiver answers `done` once it has stored (or refused) the whole snapshot.
+    Snapshot {
+        from: u64,
+        meta: Bytes,
+        chunks: flume::Receiver<Result<Bytes, PeerError>>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// A peer told us we were removed from the cluster: this member must stop.
+    RemovedFromCluster { by: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {0:x} is unknown")]
+    UnknownPeer(u64),
+    #[error("peer {id:x} is unreachable: {reason}")]
+    Unreachable { id: u64, reason: String },
+    #[error("peer refused the connection: {0}")]
+    Refused(String),
+    #[error("the peer connection broke: {0}")]
+    Broken(String),
+    #[error("timed out")]
+    Timeout,
+}
