@@ -10,7 +10,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::api::{Context, MemberInfo};
 use crate::config::Config;
-use crate::coordinator::{wal, Coordinator, CoordinatorConfig, CoordinatorHandle, Published};
+use crate::coordinator::apply::{Applier, ApplierConfig, ApplierLinks, Restored};
+use crate::coordinator::raft::{RaftBoot, RaftNode};
+use crate::coordinator::seams::{FileCheckpointStore, FileRaftLog, SystemClock};
+use crate::coordinator::{wal, CoordinatorHandle, Published, WriteRequest};
 use crate::runtime::mesh::{ShardSet, SHARD_INBOX_MAX};
 use crate::{api, coordinator, ids, logging, net, recovery, runtime};
 
@@ -109,14 +112,16 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 cfg.experimental_bootstrap_defrag_threshold_megabytes * 1024 * 1024
         );
     }
-    let restored = coordinator::Restored {
+    let restored = Restored {
         checkpoint,
         lease_keys: recovered_shards.lease_keys,
     };
     let mut shard_states: Vec<Option<runtime::shard::Shard>> =
         recovered_shards.shards.into_iter().map(Some).collect();
 
-    let (coord_tx, coord_rx) = flume::bounded(coordinator::COORDINATOR_INBOX_MAX);
+    let (raft_tx, raft_rx) = flume::bounded(coordinator::COORDINATOR_INBOX_MAX);
+    let (queries_tx, queries_rx) = flume::bounded(coordinator::COORDINATOR_INBOX_MAX);
+    let (watch_tx, watch_rx) = flume::bounded(coordinator::watch::WATCH_FEED_MAX);
     let mut shard_rxs = Vec::with_capacity(shard_count);
     let mut shard_txs = Vec::with_capacity(shard_count);
     for _ in 0..shard_count {
@@ -127,7 +132,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let published = Arc::new(Published::default());
     let ctx = Context {
         coordinator: CoordinatorHandle::new(
-            coord_tx,
+            raft_tx.clone(),
+            queries_tx,
+            watch_tx.clone(),
             // etcd's ReqTimeout: 5 s plus two election timeouts.
             Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms),
         ),
@@ -158,46 +165,79 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let (serving_tx, serving_rx) = oneshot::channel();
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
-    let mut coordinator_parts = Some((
+    let initial_members: Vec<coordinator::members::Member> = members
+        .iter()
+        .map(|(name, id, peer_urls)| {
+            // This member keeps the ID its data dir was created with, whatever the flags say
+            // now (as etcd does).
+            let me = *name == cfg.name;
+            coordinator::members::Member {
+                id: if me { metadata.member_id } else { *id },
+                name: name.clone(),
+                peer_urls: peer_urls.clone(),
+                // Other members' client URLs arrive when they publish them.
+                client_urls: if me {
+                    ctx.member.client_urls.clone()
+                } else {
+                    Vec::new()
+                },
+                is_learner: false,
+            }
+        })
+        .collect();
+    let conf_state = match restored.checkpoint.as_ref() {
+        Some(c) => ::raft::eraftpb::ConfState::from((c.voters.clone(), c.learners.clone())),
+        None => ::raft::eraftpb::ConfState::from((
+            initial_members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            Vec::new(),
+        )),
+    };
+    let boot = RaftBoot {
+        member_id: metadata.member_id,
+        checkpoint_index: restored.checkpoint.as_ref().map_or(0, |c| c.raft_index),
+        checkpoint_term: restored.checkpoint.as_ref().map_or(0, |c| c.raft_term),
+        conf_state: conf_state.clone(),
+        entries: std::mem::take(&mut recovered.entries),
+        hard_state: recovered.hard_state.clone(),
+        heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
+        election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2)
+            as usize,
+        quota_bytes: cfg.effective_quota_backend_bytes(),
+        peers: initial_members
+            .iter()
+            .filter(|m| m.id != metadata.member_id)
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect(),
+        seed: rand::random(),
+        publish: WriteRequest::MemberAttrs {
+            id: metadata.member_id,
+            name: cfg.name.clone(),
+            client_urls: ctx.member.client_urls.clone(),
+        },
+    };
+    let mut coordinator_parts = Some(CoordinatorParts {
         recovered,
         restored,
-        wal_dir.clone(),
-        coord_rx,
-        serving_tx,
-        CoordinatorConfig {
+        wal_dir: wal_dir.clone(),
+        checkpoint_dir: coordinator::checkpoint::checkpoint_dir(&cfg.data_dir),
+        boot,
+        applier: ApplierConfig {
             member_id: metadata.member_id,
-            heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
-            election_ticks: (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(2)
-                as usize,
             lease_ttl_min_secs: lease_ttl_min_secs(&cfg),
+            initial_members,
             snapshot_count: cfg.snapshot_count,
-            checkpoint_dir: coordinator::checkpoint::checkpoint_dir(&cfg.data_dir),
-            quota_bytes: cfg.effective_quota_backend_bytes(),
-            watch_progress_interval: Duration::from_millis(
-                cfg.experimental_watch_progress_notify_interval_ms,
-            ),
-            initial_members: members
-                .iter()
-                .map(|(name, id, peer_urls)| {
-                    // This member keeps the ID its data dir was created with, whatever the
-                    // flags say now (as etcd does).
-                    let me = *name == cfg.name;
-                    coordinator::members::Member {
-                        id: if me { metadata.member_id } else { *id },
-                        name: name.clone(),
-                        peer_urls: peer_urls.clone(),
-                        // Other members' client URLs arrive when they publish them (with peers).
-                        client_urls: if me {
-                            ctx.member.client_urls.clone()
-                        } else {
-                            Vec::new()
-                        },
-                        is_learner: false,
-                    }
-                })
-                .collect(),
+            conf_state,
         },
-    ));
+        watch_progress_interval: Duration::from_millis(
+            cfg.experimental_watch_progress_notify_interval_ms,
+        ),
+        raft_tx,
+        raft_rx,
+        queries_rx,
+        watch_tx,
+        watch_rx,
+        serving_tx,
+    });
     let mut handles = Vec::new();
     for (core, rx) in shard_rxs.into_iter().enumerate() {
         let cpu = cpus[core % cpus.len()];
@@ -219,33 +259,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .io_memory(runtime::IO_MEMORY_BYTES)
             .spawn(move || async move {
                 glommio::spawn_local(runtime::shard::run(rx, shard_state)).detach();
-                if let Some((recovered, restored, wal_dir, coord_rx, serving_tx, ccfg)) = parts {
-                    let shards = ctx.shards.clone();
-                    let queue = glommio::executor().create_task_queue(
-                        glommio::Shares::Static(1000),
-                        glommio::Latency::Matters(runtime::COORDINATOR_LATENCY),
-                        "coordinator",
-                    );
-                    let fatal = fatal.clone();
-                    glommio::spawn_local_into(
-                        async move {
-                            let result = async {
-                                let c = Coordinator::new(
-                                    ccfg, recovered, restored, &wal_dir, shards, published,
-                                    coord_rx, serving_tx,
-                                )
-                                .await?;
-                                c.run().await
-                            }
-                            .await;
-                            if let Err(e) = result {
-                                let _ = fatal.send(format!("coordinator: {e:#}"));
-                            }
-                        },
-                        queue,
-                    )
-                    .expect("the coordinator queue was just created")
-                    .detach();
+                if let Some(parts) = parts {
+                    start_coordinator(parts, ctx.shards.clone(), published, fatal.clone());
                 }
                 let listeners = match plan.bind(core, shard_count) {
                     Ok(l) => l,
@@ -313,6 +328,129 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Everything core 0 needs to start the coordinator's three tasks.
+struct CoordinatorParts {
+    recovered: wal::Recovered,
+    restored: Restored,
+    wal_dir: std::path::PathBuf,
+    checkpoint_dir: std::path::PathBuf,
+    boot: RaftBoot,
+    applier: ApplierConfig,
+    watch_progress_interval: Duration,
+    raft_tx: flume::Sender<coordinator::raft::RaftMsg>,
+    raft_rx: flume::Receiver<coordinator::raft::RaftMsg>,
+    queries_rx: flume::Receiver<coordinator::CoordMsg>,
+    watch_tx: flume::Sender<coordinator::watch::WatchInput>,
+    watch_rx: flume::Receiver<coordinator::watch::WatchInput>,
+    serving_tx: oneshot::Sender<()>,
+}
+
+/// Starts the raft node, the applier and the watch hub on this core (core 0), each in a task
+/// queue of its own so that the raft node's ticks and WAL syncs are scheduled apart from
+/// apply work and watch fan-out. A task that fails stops the member.
+fn start_coordinator(
+    parts: CoordinatorParts,
+    shards: ShardSet,
+    published: Arc<Published>,
+    fatal: std::sync::mpsc::Sender<String>,
+) {
+    let executor = glommio::executor();
+    let queue = |name: &str, shares: usize| {
+        executor.create_task_queue(
+            glommio::Shares::Static(shares),
+            glommio::Latency::Matters(runtime::COORDINATOR_LATENCY),
+            name,
+        )
+    };
+    let raft_queue = queue("raft", 1000);
+    let apply_queue = queue("apply", 500);
+    let watch_queue = queue("watch", 500);
+    let spawn =
+        |name: &'static str,
+         tq,
+         task: crate::coordinator::seams::LocalFuture<'static, anyhow::Result<()>>| {
+            let fatal = fatal.clone();
+            glommio::spawn_local_into(
+                async move {
+                    if let Err(e) = task.await {
+                        let _ = fatal.send(format!("{name}: {e:#}"));
+                    }
+                },
+                tq,
+            )
+            .expect("the task queue was just created")
+            .detach();
+        };
+    let CoordinatorParts {
+        recovered,
+        restored,
+        wal_dir,
+        checkpoint_dir,
+        boot,
+        applier,
+        watch_progress_interval,
+        raft_tx,
+        raft_rx,
+        queries_rx,
+        watch_tx,
+        watch_rx,
+        serving_tx,
+    } = parts;
+    let (apply_tx, apply_rx) = flume::unbounded();
+    let applier = match Applier::new(
+        applier,
+        restored,
+        shards.clone(),
+        published.clone(),
+        ApplierLinks {
+            queue: apply_rx,
+            queries: queries_rx,
+            raft_tx,
+            watch_tx,
+        },
+        FileCheckpointStore::new(checkpoint_dir),
+        SystemClock,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = fatal.send(format!("applier: {e:#}"));
+            return;
+        }
+    };
+    let start_revision = applier.revision();
+    spawn(
+        "watch hub",
+        watch_queue,
+        Box::pin(coordinator::watch::run(
+            watch_rx,
+            shards,
+            published.clone(),
+            start_revision,
+            watch_progress_interval,
+            SystemClock,
+        )),
+    );
+    spawn("applier", apply_queue, Box::pin(applier.run()));
+    spawn(
+        "raft node",
+        raft_queue,
+        Box::pin(async move {
+            let wal = wal::Wal::open(&wal_dir, &recovered).await?;
+            let node = RaftNode::new(
+                boot,
+                FileRaftLog::new(wal),
+                crate::peer::NoPeers,
+                SystemClock,
+                raft_rx,
+                apply_tx,
+                published,
+                serving_tx,
+            )?;
+            node.run().await
+        }),
+    );
 }
 
 /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.

@@ -39,6 +39,13 @@ pub enum WriteRequest {
         id: u64,
         peer_urls: Vec<String>,
     },
+    /// A member's name and client URLs, which it publishes through raft when it starts (etcd's
+    /// ClusterMemberAttrSetRequest): other members learn them from the log.
+    MemberAttrs {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
     /// A change to users, roles or the auth flag (see `coordinator::auth`).
     Auth(AuthRequest),
     /// A request sent by an authenticated user: apply re-checks its permissions against the
@@ -99,6 +106,7 @@ const TAG_LEASE_REVOKE: u8 = 7;
 const TAG_ALARM: u8 = 8;
 const TAG_MEMBER_ADD: u8 = 30;
 const TAG_MEMBER_UPDATE: u8 = 31;
+const TAG_MEMBER_ATTRS: u8 = 32;
 const TAG_AUTH: u8 = 20;
 const TAG_AUTHED: u8 = 21;
 
@@ -151,6 +159,16 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
             out.put_u8(TAG_MEMBER_UPDATE);
             out.put_u64_le(*id);
             put_strings(&mut out, peer_urls);
+        }
+        WriteRequest::MemberAttrs {
+            id,
+            name,
+            client_urls,
+        } => {
+            out.put_u8(TAG_MEMBER_ATTRS);
+            out.put_u64_le(*id);
+            put_bytes(&mut out, name.as_bytes());
+            put_strings(&mut out, client_urls);
         }
         WriteRequest::Auth(a) => {
             out.put_u8(TAG_AUTH);
@@ -220,6 +238,17 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
             WriteRequest::MemberUpdate {
                 id,
                 peer_urls: get_strings(&mut buf)?,
+            }
+        }
+        TAG_MEMBER_ATTRS => {
+            if buf.remaining() < 8 {
+                return Err(DecodeError("truncated member attributes"));
+            }
+            let id = buf.get_u64_le();
+            WriteRequest::MemberAttrs {
+                id,
+                name: get_string(&mut buf)?,
+                client_urls: get_strings(&mut buf)?,
             }
         }
         TAG_AUTH => WriteRequest::Auth(get_auth(&mut buf)?),

@@ -61,6 +61,20 @@ impl Members {
         }
     }
 
+    /// A member's published name and client URLs (etcd's attribute update). A member removed
+    /// meanwhile is not an error for the log: its publication just has nothing to update.
+    pub fn set_attributes(
+        &mut self,
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    ) -> Result<(), MemberError> {
+        let m = self.by_id.get_mut(&id).ok_or(MemberError::NotFound)?;
+        m.name = name;
+        m.client_urls = client_urls;
+        Ok(())
+    }
+
     pub fn update_peer_urls(&mut self, id: u64, peer_urls: Vec<String>) -> Result<(), MemberError> {
         if !self.by_id.contains_key(&id) {
             return Err(MemberError::NotFound);

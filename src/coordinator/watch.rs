@@ -1,6 +1,9 @@
 //! The watch hub: every watcher of this member, fed the events of each applied revision in
-//! log order. It lives inside the coordinator task on core 0, so a watcher's catch-up from
-//! shard history and the live flow never overlap: nothing is applied while a catch-up reads.
+//! log order. It runs as its own task on core 0 (`run`), fed by the applier through a bounded
+//! queue and by the watch streams, so neither apply nor a catch-up read of shard history waits
+//! for the other. The hub knows the store up to the last revision it was fed: a catch-up reads
+//! history only up to there, and the revisions after it arrive through the feed, so a watcher
+//! moves from catch-up to the live flow with no gap and no duplicate.
 //!
 //! Each gRPC stream has one bounded outbox shared by its watchers. A watcher whose outbox is
 //! full is not blocked on and loses nothing: it becomes "unsynced" at the first revision it
@@ -11,8 +14,21 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use shards::{Event, EventKind};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{select, Either};
+
+use super::seams::Clock;
+use super::Published;
 use crate::runtime::mesh::ShardSet;
 use crate::runtime::shard::ShardMsg;
+
+/// Inputs the hub's queue holds before senders (the applier, watch streams) wait: the applier
+/// is paced by the hub rather than the hub dropping a revision.
+pub const WATCH_FEED_MAX: usize = 16 * 1024;
+/// How often watchers that fell behind (a full outbox) are caught up from history.
+const CATCH_UP_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Responses a stream's outbox holds before its watchers fall back to catching up.
 pub const WATCH_OUTBOX_MAX: usize = 1024;
@@ -59,6 +75,16 @@ pub enum WatchOut {
     Progress {
         watch_id: i64,
         revision: i64,
+    },
+}
+
+/// What the hub's task reads.
+pub enum WatchInput {
+    Client(WatchMsg),
+    /// The events of one applied revision, in the order the applier applied them.
+    Applied {
+        revision: i64,
+        events: Vec<Event>,
     },
 }
 
@@ -410,6 +436,81 @@ impl WatchHub {
             }
         }
         Ok(())
+    }
+}
+
+/// The hub's task: runs until every sender of its queue is gone. `start_revision` is the
+/// store's revision when the applier starts (everything before it is in the shards).
+pub async fn run<C: Clock>(
+    inbox: flume::Receiver<WatchInput>,
+    shards: ShardSet,
+    published: Arc<Published>,
+    start_revision: i64,
+    progress_interval: Duration,
+    clock: C,
+) -> anyhow::Result<()> {
+    let mut hub = WatchHub::default();
+    let mut current = start_revision;
+    let mut next_progress = clock.now() + progress_interval;
+    let mut next_catch_up = clock.now() + CATCH_UP_INTERVAL;
+    loop {
+        let now = clock.now();
+        let deadline = next_progress.min(next_catch_up);
+        if now < deadline {
+            let recv = inbox.recv_async();
+            let sleep = clock.sleep(deadline - now);
+            futures::pin_mut!(recv);
+            match select(recv, sleep).await {
+                Either::Left((Ok(input), _)) => {
+                    hub.take(input, &shards, &mut current, &published).await?
+                }
+                Either::Left((Err(_), _)) => return Ok(()),
+                Either::Right(_) => {}
+            }
+        }
+        // Whatever else is queued goes first, so timers never see a stale revision; bounded so
+        // the timers below still run under a steady feed.
+        for _ in 0..WATCH_FEED_MAX {
+            match inbox.try_recv() {
+                Ok(input) => hub.take(input, &shards, &mut current, &published).await?,
+                Err(_) => break,
+            }
+        }
+        let now = clock.now();
+        if now >= next_catch_up || now >= next_progress {
+            let notify = now >= next_progress;
+            if notify {
+                next_progress = now + progress_interval;
+            }
+            if hub.watcher_count() > 0 {
+                hub.tick(&shards, current, published.compact_revision(), notify)
+                    .await?;
+            }
+            next_catch_up = now + CATCH_UP_INTERVAL;
+        }
+    }
+}
+
+impl WatchHub {
+    async fn take(
+        &mut self,
+        input: WatchInput,
+        shards: &ShardSet,
+        current: &mut i64,
+        published: &Published,
+    ) -> anyhow::Result<()> {
+        match input {
+            WatchInput::Client(msg) => {
+                self.handle(msg, shards, *current, published.compact_revision())
+                    .await
+            }
+            WatchInput::Applied { revision, events } => {
+                assert!(revision > *current, "the hub is fed revisions in order");
+                *current = revision;
+                self.on_apply(revision, &events);
+                Ok(())
+            }
+        }
     }
 }
 

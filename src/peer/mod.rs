@@ -66,3 +66,13 @@ pub enum PeerError {
     #[error("timed out")]
     Timeout,
 }
+
+/// The transport of a member with no peers (a one-member cluster): raft addresses nobody, so
+/// there is nothing to send. A message to a peer is dropped as for an unknown peer.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&mut self, _msgs: Vec<Message>) {}
+    fn set_peers(&mut self, _peers: &[(u64, Vec<String>)]) {}
+    fn set_removed(&mut self, _ids: &[u64]) {}
+}

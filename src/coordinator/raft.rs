@@ -1,0 +1,703 @@
+//! The raft node: owns the raft-rs `RawNode`, the raft log's durable storage (the WAL) and the
+//! peer transport. Its loop ticks, steps peer messages, proposes, takes each Ready, persists it
+//! with one sync, sends the messages and hands the committed entries to the applier. It never
+//! awaits the applier, a shard, the watch hub or a client, so heartbeats are never late behind
+//! an apply, a compaction or a large range: the only thing it awaits is its own WAL sync.
+//!
+//! Lives on core 0. Everything it touches outside itself goes through a seam
+//! (`super::seams::{Clock, RaftLog}`, `crate::peer::Transport`) or a channel, so the
+//! simulation runs it unchanged.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::{select, Either};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Snapshot};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+use rand::{Rng, SeedableRng};
+
+use super::codec;
+use super::seams::{Clock, RaftLog};
+use super::{grows_store, AlarmKind, Published, WriteReply, WriteRequest, UNAPPLIED_ENTRIES_MAX};
+use crate::error::EtcdError;
+use crate::peer::{PeerIncoming, Transport};
+
+/// Messages taken from the inbox per loop turn: bounds the size of one Ready (and so of one
+/// WAL write) while still letting a burst share one fdatasync.
+const INBOX_BATCH_MAX: usize = 4096;
+/// Committed entries handed to the applier and not applied yet, beyond which the raft node
+/// stops taking Readies (it keeps ticking and stepping messages, so its election clock and its
+/// view of the leader stay current) until the applier catches up. On a leader the proposal
+/// limit (`UNAPPLIED_ENTRIES_MAX`) is hit first; on a follower this paces the leader, which
+/// sees its appends acknowledged later.
+pub const APPLY_BACKLOG_ENTRIES_MAX: u64 = 2 * UNAPPLIED_ENTRIES_MAX;
+/// Applied entries kept in raft's in-memory log, so a follower that lags this much catches up
+/// from the log (etcd's --experimental-snapshot-catchup-entries default).
+const RAFT_LOG_RETAINED_ENTRIES: u64 = 5000;
+/// A read index not confirmed by then is asked again (raft may have dropped the request with a
+/// message to a leader that changed); etcd retries after the same time.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+/// How long this member's publication of its name and client URLs may take before it is
+/// proposed again (a proposal can be lost with a leader change).
+const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// Linearizable reads waiting together for one read index.
+pub type ReadBatch = Vec<ReadReply>;
+pub type ReadReply = oneshot::Sender<Result<(), EtcdError>>;
+
+/// The raft node's inbox.
+pub enum RaftMsg {
+    /// A write to propose: a client's (with its answer channel) or the member's own (lease
+    /// revokes from the applier, alarms), which nobody waits for.
+    Propose {
+        req: WriteRequest,
+        reply: Option<WriteReply>,
+    },
+    /// Answered once this member has applied everything committed when the request arrived.
+    ReadIndex { reply: ReadReply },
+    /// Something a peer sent.
+    Peer(PeerIncoming),
+    /// The applier applied more entries (its index is in `Published::applied_index`).
+    Applied,
+    /// The applier's checkpoint at `index` is durable.
+    CheckpointSaved { index: u64 },
+    /// A membership change reached the applier, in log order: apply it to raft's configuration
+    /// and answer the new one.
+    ApplyConfChange {
+        cc: ConfChangeV2,
+        reply: oneshot::Sender<ConfState>,
+    },
+    /// The members changed: the transport's peers follow.
+    SetPeers {
+        peers: Vec<(u64, Vec<String>)>,
+        removed: Vec<u64>,
+    },
+}
+
+/// Who leads, as of the entries that follow it in the applier's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleChange {
+    pub leader_id: u64,
+    pub is_leader: bool,
+    pub term: u64,
+}
+
+/// One loop turn's worth of work for the applier, in log order.
+#[derive(Default)]
+pub struct ApplyBatch {
+    /// Answer channels of the proposals made since the last batch, by request ID. They are
+    /// registered before their entries can commit, because they travel in an earlier batch or
+    /// earlier in this one.
+    pub waiters: Vec<(u64, WriteReply)>,
+    pub role: Option<RoleChange>,
+    pub entries: Vec<Entry>,
+    /// Reads to release once the applied index reaches theirs.
+    pub reads: Vec<(u64, ReadBatch)>,
+}
+
+impl ApplyBatch {
+    fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+            && self.role.is_none()
+            && self.entries.is_empty()
+            && self.reads.is_empty()
+    }
+}
+
+/// The applier's queue.
+pub enum ApplyMsg {
+    Batch(ApplyBatch),
+    /// A peer's request that needs the applier's state (a follower forwarding a lease
+    /// keep-alive to this leader, say); the body is `super::rpc`'s encoding.
+    PeerRequest {
+        from: u64,
+        body: Bytes,
+        reply: oneshot::Sender<Bytes>,
+    },
+}
+
+/// raft-rs's in-memory log with our snapshot rule: until snapshots to followers exist, a
+/// follower that needs one waits (raft retries) instead of receiving an empty snapshot that
+/// would silently lose its data.
+pub struct RaftStore {
+    mem: MemStorage,
+}
+
+impl raft::Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.mem.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+/// What the raft node starts from: the last checkpoint and the WAL after it.
+pub struct RaftBoot {
+    pub member_id: u64,
+    /// The checkpoint's raft index and term (0 and 0 without one), and the configuration then.
+    pub checkpoint_index: u64,
+    pub checkpoint_term: u64,
+    pub conf_state: ConfState,
+    pub entries: Vec<Entry>,
+    pub hard_state: HardState,
+    pub heartbeat_interval: Duration,
+    pub election_ticks: usize,
+    pub quota_bytes: i64,
+    /// The other members and their peer URLs.
+    pub peers: Vec<(u64, Vec<String>)>,
+    /// Seeds the election jitter (the simulation's seed; the OS's randomness in the server).
+    pub seed: u64,
+    /// This member's name and client URLs, published through raft once a leader exists (as
+    /// etcd's publish): the member serves once that entry is applied.
+    pub publish: WriteRequest,
+}
+
+pub struct RaftNode<T: Transport, L: RaftLog, C: Clock> {
+    node: RawNode<RaftStore>,
+    log: L,
+    transport: T,
+    clock: C,
+    rng: rand::rngs::StdRng,
+    inbox: flume::Receiver<RaftMsg>,
+    apply_tx: flume::Sender<ApplyMsg>,
+    published: Arc<Published>,
+    member_id: u64,
+    heartbeat_interval: Duration,
+    election_ticks: usize,
+    quota_bytes: i64,
+    next_request_id: u64,
+    next_read_ctx: u64,
+    /// Read-index batches sent to raft, by the context that names them, and when they were
+    /// last asked.
+    reads_in_raft: BTreeMap<u64, (ReadBatch, Instant)>,
+    /// The batch being filled this loop turn.
+    batch: ApplyBatch,
+    /// The last committed index handed to the applier.
+    handed_out: u64,
+    /// Term and role as last seen, to redraw the election jitter when raft resets its timer.
+    seen_term: u64,
+    seen_role: StateRole,
+    last_leader: u64,
+    publish: WriteRequest,
+    /// The publication in flight (its answer, when it was proposed), or `None` once done.
+    publishing: Option<(
+        oneshot::Receiver<Result<super::WriteOutcome, EtcdError>>,
+        Instant,
+    )>,
+    published_self: bool,
+    on_serving: Option<oneshot::Sender<()>>,
+}
+
+impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        boot: RaftBoot,
+        log: L,
+        mut transport: T,
+        clock: C,
+        inbox: flume::Receiver<RaftMsg>,
+        apply_tx: flume::Sender<ApplyMsg>,
+        published: Arc<Published>,
+        on_serving: oneshot::Sender<()>,
+    ) -> anyhow::Result<Self> {
+        let mem = if boot.checkpoint_index == 0 {
+            MemStorage::new_with_conf_state(boot.conf_state.clone())
+        } else {
+            // Raft starts from the checkpoint as from a snapshot: its log begins after it.
+            let mem = MemStorage::new();
+            let mut snapshot = Snapshot::default();
+            let meta = snapshot.mut_metadata();
+            meta.index = boot.checkpoint_index;
+            meta.term = boot.checkpoint_term;
+            *meta.mut_conf_state() = boot.conf_state.clone();
+            mem.wl()
+                .apply_snapshot(snapshot)
+                .map_err(|e| anyhow::anyhow!("restoring the checkpoint into raft: {e}"))?;
+            mem
+        };
+        {
+            let mut w = mem.wl();
+            w.append(&boot.entries)
+                .map_err(|e| anyhow::anyhow!("restoring raft log: {e}"))?;
+            let mut hs = boot.hard_state.clone();
+            // etcd bootstraps a new member at term 1 (its membership entries) and then elects
+            // at term 2; clients see that term in every header, so a new member starts there.
+            if boot.checkpoint_index == 0 && boot.entries.is_empty() && hs.term == 0 {
+                hs.term = 1;
+            }
+            w.set_hardstate(hs);
+        }
+        let raft_cfg = raft::Config {
+            id: boot.member_id,
+            election_tick: boot.election_ticks,
+            heartbeat_tick: 1,
+            applied: boot.checkpoint_index,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = RawNode::new(&raft_cfg, RaftStore { mem }, &logger)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(boot.seed);
+        let voters = node.raft.prs().conf().voters().ids().len();
+        let single_voter = node.raft.prs().conf().voters().contains(boot.member_id)
+            && voters == 1
+            && node.raft.prs().conf().learners().is_empty();
+        if single_voter {
+            // A single voter needs no election timeout: campaign at once, as etcd effectively
+            // does.
+            node.campaign()?;
+        } else {
+            // etcd's --initial-election-tick-advance: a restarted or new member need not sit
+            // out a whole election timeout before it may campaign; the randomized part still
+            // separates the members.
+            let timeout = rng.gen_range(boot.election_ticks..2 * boot.election_ticks);
+            node.raft.set_randomized_election_timeout(timeout);
+            for _ in 0..boot.election_ticks.saturating_sub(1) {
+                node.tick();
+            }
+        }
+        transport.set_peers(&boot.peers);
+        published
+            .wal_bytes
+            .store(log.size_bytes(), Ordering::Release);
+        let seen_term = node.raft.term;
+        let seen_role = node.raft.state;
+        Ok(RaftNode {
+            node,
+            log,
+            transport,
+            clock,
+            rng,
+            inbox,
+            apply_tx,
+            published,
+            member_id: boot.member_id,
+            heartbeat_interval: boot.heartbeat_interval,
+            election_ticks: boot.election_ticks,
+            quota_bytes: boot.quota_bytes,
+            next_request_id: boot.seed | 1,
+            next_read_ctx: 1,
+            reads_in_raft: BTreeMap::new(),
+            batch: ApplyBatch::default(),
+            handed_out: boot.checkpoint_index,
+            seen_term,
+            seen_role,
+            last_leader: raft::INVALID_ID,
+            publish: boot.publish,
+            publishing: None,
+            published_self: false,
+            on_serving: Some(on_serving),
+        })
+    }
+
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut next_tick = self.clock.now() + self.heartbeat_interval;
+        loop {
+            let now = self.clock.now();
+            if now >= next_tick {
+                self.on_tick(now);
+                next_tick += self.heartbeat_interval;
+                if next_tick < now {
+                    next_tick = now + self.heartbeat_interval;
+                }
+            } else if !self.ready_due() {
+                let inbox = self.inbox.clone();
+                let recv = inbox.recv_async();
+                let sleep = self.clock.sleep(next_tick - now);
+                futures::pin_mut!(recv);
+                match select(recv, sleep).await {
+                    Either::Left((Ok(msg), _)) => self.handle(msg)?,
+                    // Every handle dropped: the member is shutting down.
+                    Either::Left((Err(_), _)) => return Ok(()),
+                    Either::Right(_) => {}
+                }
+            }
+            let mut reads = Vec::new();
+            for _ in 0..INBOX_BATCH_MAX {
+                match self.inbox.try_recv() {
+                    Ok(RaftMsg::ReadIndex { reply }) => reads.push(reply),
+                    Ok(msg) => self.handle(msg)?,
+                    Err(_) => break,
+                }
+            }
+            if !reads.is_empty() {
+                self.start_read(reads);
+            }
+            self.check_publish()?;
+            self.follow_election_timer();
+            self.on_ready().await?;
+            self.flush_batch()?;
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.node.tick();
+        // Reads whose clients gave up go; reads raft may have lost are asked again.
+        let mut again = Vec::new();
+        self.reads_in_raft.retain(|ctx, (batch, asked)| {
+            batch.retain(|r| !r.is_canceled());
+            if batch.is_empty() {
+                return false;
+            }
+            if now.duration_since(*asked) >= READ_INDEX_RETRY {
+                *asked = now;
+                again.push(*ctx);
+            }
+            true
+        });
+        for ctx in again {
+            self.node.read_index(ctx.to_le_bytes().to_vec());
+        }
+    }
+
+    /// Whether a Ready is waiting and the applier has room for what it may commit.
+    fn ready_due(&self) -> bool {
+        self.node.has_ready() && !self.apply_backlog_full()
+    }
+
+    fn apply_backlog_full(&self) -> bool {
+        let applied = self.published.applied_index.load(Ordering::Acquire);
+        self.handed_out.saturating_sub(applied) > APPLY_BACKLOG_ENTRIES_MAX
+    }
+
+    /// raft-rs draws a new election timeout from its own thread-local generator whenever it
+    /// resets its timer (a new term or role); the seeded generator's draw replaces it, so a
+    /// simulation seed replays exactly.
+    fn follow_election_timer(&mut self) {
+        let (term, role) = (self.node.raft.term, self.node.raft.state);
+        if term != self.seen_term || role != self.seen_role {
+            self.seen_term = term;
+            self.seen_role = role;
+            let timeout = self
+                .rng
+                .gen_range(self.election_ticks..2 * self.election_ticks);
+            self.node.raft.set_randomized_election_timeout(timeout);
+        }
+    }
+
+    fn handle(&mut self, msg: RaftMsg) -> anyhow::Result<()> {
+        match msg {
+            RaftMsg::Propose { req, reply } => self.propose(req, reply),
+            RaftMsg::ReadIndex { reply } => self.start_read(vec![reply]),
+            RaftMsg::Peer(incoming) => self.on_peer(incoming)?,
+            RaftMsg::Applied => {}
+            RaftMsg::CheckpointSaved { index } => self.on_checkpoint_saved(index)?,
+            RaftMsg::ApplyConfChange { cc, reply } => {
+                let cs = self
+                    .node
+                    .apply_conf_change(&cc)
+                    .map_err(|e| anyhow::anyhow!("applying a configuration change: {e}"))?;
+                self.node.mut_store().mem.wl().set_conf_state(cs.clone());
+                let _ = reply.send(cs);
+            }
+            RaftMsg::SetPeers { peers, removed } => {
+                self.transport.set_peers(&peers);
+                self.transport.set_removed(&removed);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_peer(&mut self, incoming: PeerIncoming) -> anyhow::Result<()> {
+        match incoming {
+            PeerIncoming::Raft(msgs) => {
+                for m in msgs {
+                    // A message from a member raft does not know (removed, or not yet added
+                    // here) is refused by raft itself; nothing to do but drop it.
+                    let _ = self.node.step(m);
+                }
+            }
+            PeerIncoming::Unreachable(id) => self.node.report_unreachable(id),
+            PeerIncoming::Request { from, body, reply } => {
+                // Requests need the applier's state (leases, members); its queue is unbounded
+                // in messages but these are bounded per peer connection by the transport.
+                let _ = self
+                    .apply_tx
+                    .send(ApplyMsg::PeerRequest { from, body, reply });
+            }
+            PeerIncoming::Snapshot { done, .. } => {
+                let _ = done.send(Err(
+                    "this member does not install snapshots from peers yet".into()
+                ));
+            }
+            PeerIncoming::RemovedFromCluster { by } => {
+                crate::log_warn!(
+                    "the member has been permanently removed from the cluster",
+                    "local-member-id" => crate::ids::format_id(self.member_id),
+                    "removed-by" => crate::ids::format_id(by)
+                );
+                anyhow::bail!("the member has been permanently removed from the cluster");
+            }
+        }
+        Ok(())
+    }
+
+    fn on_checkpoint_saved(&mut self, index: u64) -> anyhow::Result<()> {
+        let hard_state = self.node.store().mem.rl().hard_state().clone();
+        let next = self.node.raft.raft_log.last_index() + 1;
+        self.log.checkpoint_saved(index, next, &hard_state)?;
+        self.published
+            .wal_bytes
+            .store(self.log.size_bytes(), Ordering::Release);
+        Ok(())
+    }
+
+    /// A lease ID for a grant that asked the server to pick: member bits, then a counter that
+    /// started from the clock, as etcd's generator (a collision fails the grant at apply with
+    /// "lease already exists", as in etcd).
+    fn new_lease_id(&mut self) -> i64 {
+        loop {
+            let id = (self.next_request_id ^ (self.member_id << 48)) as i64 & i64::MAX;
+            self.next_request_id = self.next_request_id.wrapping_add(1);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    fn propose(&mut self, mut req: WriteRequest, reply: Option<WriteReply>) {
+        let refuse = |reply: Option<WriteReply>, e: EtcdError| {
+            if let Some(r) = reply {
+                let _ = r.send(Err(e));
+            }
+        };
+        if let WriteRequest::LeaseGrant { id, .. } = &mut req {
+            if *id == 0 {
+                *id = self.new_lease_id();
+            }
+        }
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return refuse(reply, EtcdError::NoLeader);
+        }
+        if let Some(size) = grows_store(&req) {
+            // etcd's quota: refuse a write that would take the store past the quota, and
+            // raise the NOSPACE alarm so that every member refuses writes until disarmed.
+            let db_size = self.published.db_size.load(Ordering::Acquire);
+            let nospace = self.published.nospace.load(Ordering::Acquire);
+            let over = db_size + size as i64 > self.quota_bytes;
+            if nospace || over {
+                if over && !nospace {
+                    let alarm = WriteRequest::Alarm {
+                        activate: true,
+                        member_id: self.member_id,
+                        alarm: AlarmKind::NoSpace,
+                    };
+                    let _ = self.node.propose(Vec::new(), codec::encode(0, &alarm));
+                }
+                return refuse(reply, EtcdError::NoSpace);
+            }
+        }
+        let committed = self.node.raft.raft_log.committed;
+        let applied = self.published.applied_index.load(Ordering::Acquire);
+        if committed.saturating_sub(applied) > UNAPPLIED_ENTRIES_MAX {
+            return refuse(reply, EtcdError::TooManyRequests);
+        }
+        let id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        let data = codec::encode(id, &req);
+        match self.node.propose(Vec::new(), data) {
+            Ok(()) => {
+                if let Some(r) = reply {
+                    self.batch.waiters.push((id, r));
+                }
+            }
+            Err(_) => refuse(reply, EtcdError::NoLeader),
+        }
+    }
+
+    fn start_read(&mut self, batch: ReadBatch) {
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            for r in batch {
+                let _ = r.send(Err(EtcdError::NoLeader));
+            }
+            return;
+        }
+        if self.node.raft.state == StateRole::Leader && self.node.raft.prs().is_singleton() {
+            // The only voter cannot be deposed without a configuration change it applies
+            // itself, so its commit index is the read index; no round through raft (whose
+            // read-index path can park requests until the next write commits).
+            let index = self.node.raft.raft_log.committed;
+            self.batch.reads.push((index, batch));
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.node.read_index(ctx.to_le_bytes().to_vec());
+        self.reads_in_raft.insert(ctx, (batch, self.clock.now()));
+    }
+
+    async fn on_ready(&mut self) -> anyhow::Result<()> {
+        if !self.ready_due() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        if let Some(ss) = ready.ss() {
+            let leader_id = ss.leader_id;
+            let is_leader = ss.raft_state == StateRole::Leader;
+            self.published.leader.store(leader_id, Ordering::Release);
+            if leader_id != self.last_leader {
+                // etcd: a read waiting for its index when the leader changes fails.
+                for (_, (batch, _)) in std::mem::take(&mut self.reads_in_raft) {
+                    for r in batch {
+                        let _ = r.send(Err(EtcdError::LeaderChanged));
+                    }
+                }
+                self.last_leader = leader_id;
+            }
+            self.batch.role = Some(RoleChange {
+                leader_id,
+                is_leader,
+                term: self.node.raft.term,
+            });
+        }
+        // A leader's appends may go out before its own sync (raft thesis 10.2.1).
+        self.transport.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            anyhow::bail!(
+                "the leader sent a snapshot; installing snapshots from peers is not built yet"
+            );
+        }
+        self.batch.entries.extend(ready.take_committed_entries());
+        if let Some(hs) = ready.hs() {
+            self.published.raft_term.store(hs.term, Ordering::Release);
+        }
+        self.log.persist(ready.entries(), ready.hs()).await?;
+        self.published
+            .wal_bytes
+            .store(self.log.size_bytes(), Ordering::Release);
+        {
+            let mut w = self.node.mut_store().mem.wl();
+            w.append(ready.entries())?;
+            if let Some(hs) = ready.hs() {
+                w.set_hardstate(hs.clone());
+            }
+        }
+        for rs in ready.take_read_states() {
+            let ctx = u64::from_le_bytes(rs.request_ctx.as_slice().try_into().unwrap_or([0; 8]));
+            if let Some((batch, _)) = self.reads_in_raft.remove(&ctx) {
+                self.batch.reads.push((rs.index, batch));
+            }
+        }
+        self.transport.send(ready.take_persisted_messages());
+        let mut light = self.node.advance_append(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node
+                .mut_store()
+                .mem
+                .wl()
+                .mut_hard_state()
+                .set_commit(commit);
+        }
+        self.transport.send(light.take_messages());
+        self.batch.entries.extend(light.take_committed_entries());
+        self.published
+            .committed_index
+            .store(self.node.raft.raft_log.committed, Ordering::Release);
+        Ok(())
+    }
+
+    /// Hands this turn's batch to the applier and tells raft how far apply got.
+    fn flush_batch(&mut self) -> anyhow::Result<()> {
+        if let Some(last) = self.batch.entries.last() {
+            self.handed_out = last.index;
+        }
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.apply_tx
+                .send(ApplyMsg::Batch(batch))
+                .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+        }
+        let applied = self
+            .published
+            .applied_index
+            .load(Ordering::Acquire)
+            .min(self.handed_out);
+        if applied > self.node.raft.raft_log.applied {
+            self.node.advance_apply_to(applied);
+            self.trim_raft_log(applied)?;
+        }
+        Ok(())
+    }
+
+    /// Drops applied entries from raft's in-memory log, keeping a tail for followers that lag.
+    /// The WAL still has them until a checkpoint covers them.
+    fn trim_raft_log(&mut self, applied: u64) -> anyhow::Result<()> {
+        let store = self.node.mut_store();
+        let first = raft::Storage::first_index(store)?;
+        if applied > first + RAFT_LOG_RETAINED_ENTRIES * 2 {
+            store
+                .mem
+                .wl()
+                .compact(applied - RAFT_LOG_RETAINED_ENTRIES)?;
+        }
+        Ok(())
+    }
+
+    /// Proposes this member's attributes once a leader exists, and declares the member serving
+    /// once they are applied here (etcd's publish before "ready to serve client requests").
+    fn check_publish(&mut self) -> anyhow::Result<()> {
+        if self.published_self {
+            return Ok(());
+        }
+        if let Some((rx, proposed_at)) = &mut self.publishing {
+            match rx.try_recv() {
+                Ok(None) => {
+                    if self.clock.now().duration_since(*proposed_at) < PUBLISH_RETRY {
+                        return Ok(());
+                    }
+                }
+                Ok(Some(Ok(_))) => {
+                    self.published_self = true;
+                    self.publishing = None;
+                    self.published.serving.store(true, Ordering::Release);
+                    if let Some(tx) = self.on_serving.take() {
+                        let _ = tx.send(());
+                    }
+                    return Ok(());
+                }
+                Ok(Some(Err(e))) => {
+                    crate::log_warn!("failed to publish local member to cluster", "error" => e.to_string());
+                }
+                Err(_) => {}
+            }
+            self.publishing = None;
+        }
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.propose(self.publish.clone(), Some(reply));
+        self.publishing = Some((rx, self.clock.now()));
+        Ok(())
+    }
+}
