@@ -7,8 +7,8 @@ use futures::channel::oneshot;
 use super::disk::FileStorage;
 use shards::{
     Compare, CompareOutcome, DeleteRangeRequest, DeleteRangeResponse, Event, KeyValue, MvccError,
-    MvccStore, PutRequest, PutResponse, RangeRequest, RangeResponse, SegmentLog, TxnOutcome,
-    TxnRequest,
+    MvccStore, PutRequest, PutResponse, RangeRequest, RangeResponse, SegmentLog, Storage,
+    TxnOutcome, TxnRequest,
 };
 
 /// Messages a shard worker accepts. Replies travel over `Send` oneshots.
@@ -97,10 +97,11 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 /// while it reclaims disk after a compaction.
 const REWRITE_BUDGET_BYTES: u64 = 256 * 1024;
 
-/// One shard: its store, and the segment log that makes it durable at checkpoints.
-pub struct Shard {
+/// One shard: its store, and the segment log that makes it durable at checkpoints. The server
+/// keeps segments in files; the simulation in memory.
+pub struct Shard<S: Storage = FileStorage> {
     pub store: MvccStore,
-    log: SegmentLog<FileStorage>,
+    log: SegmentLog<S>,
     /// The events of the raft entry being applied: one entry can reach a shard as several
     /// messages (multi-shard txns and delete ranges), and the log takes one record per entry.
     pending: Option<(u64, i64, Vec<Event>)>,
@@ -111,8 +112,8 @@ pub struct Shard {
     failure: Option<String>,
 }
 
-impl Shard {
-    pub fn new(store: MvccStore, log: SegmentLog<FileStorage>) -> Shard {
+impl<S: Storage> Shard<S> {
+    pub fn new(store: MvccStore, log: SegmentLog<S>) -> Self {
         Shard {
             store,
             log,
@@ -163,8 +164,13 @@ impl Shard {
         }
     }
 
+    /// Whether old segments wait to be rewritten after a compaction.
+    pub fn rewrite_due(&self) -> bool {
+        self.rewrite_due
+    }
+
     /// One bounded step of rewriting old segments; false when there is nothing left to do.
-    fn rewrite_step(&mut self) -> bool {
+    pub fn rewrite_step(&mut self) -> bool {
         if !self.rewrite_due || self.failure.is_some() {
             return false;
         }
@@ -205,7 +211,7 @@ pub async fn run(rx: flume::Receiver<ShardMsg>, mut shard: Shard) {
     }
 }
 
-pub fn handle(shard: &mut Shard, msg: ShardMsg) {
+pub fn handle<S: Storage>(shard: &mut Shard<S>, msg: ShardMsg) {
     let store = &mut shard.store;
     match msg {
         ShardMsg::Range {
