@@ -19,6 +19,7 @@ use crate::{api, coordinator, ids, logging, net, recovery, runtime};
 
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     logging::init(cfg.log_level, &cfg.log_outputs)?;
+    stop_on_panic();
     cfg.emit_startup_logs();
     cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
     log_info!(
@@ -328,6 +329,18 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A panic anywhere ends the process. Without this a panicking task would end only its
+/// executor's thread, and the member would live on answering nothing (a shard gone, or the
+/// raft node): its supervisor would not restart it and its peers would not see it gone.
+fn stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        log_error!("rusd panicked; stopping", "panic" => info.to_string());
+        std::process::abort();
+    }));
 }
 
 /// Everything core 0 needs to start the coordinator's three tasks.

@@ -206,6 +206,11 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         published
             .applied_index
             .store(checkpoint.raft_index, Ordering::Release);
+        let learner = members
+            .list()
+            .iter()
+            .any(|m| m.id == cfg.member_id && m.is_learner);
+        published.is_learner.store(learner, Ordering::Release);
         let now = clock.now();
         Ok(Applier {
             shards,
@@ -541,8 +546,19 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         Ok(Ok(WriteResponse::Members(self.members.list())))
     }
 
+    /// Publishes what other cores read about the membership.
+    fn publish_membership(&self) {
+        let learner = self
+            .members
+            .list()
+            .iter()
+            .any(|m| m.id == self.member_id && m.is_learner);
+        self.published.is_learner.store(learner, Ordering::Release);
+    }
+
     /// Tells the raft node's transport who the other members are now.
     async fn announce_peers(&mut self) -> anyhow::Result<()> {
+        self.publish_membership();
         let peers = self
             .members
             .list()

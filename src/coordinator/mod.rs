@@ -44,6 +44,8 @@ pub struct Published {
     pub applied_index: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub serving: AtomicBool,
+    /// This member is a learner (replicated to, not voting).
+    pub is_learner: AtomicBool,
     /// The store's size as the quota sees it: the shards' bytes, history included.
     pub db_size: AtomicI64,
     /// Some member has the NOSPACE alarm raised.
