@@ -412,12 +412,14 @@ fn start_coordinator(
         serving_tx,
     } = parts;
     let (apply_tx, apply_rx) = flume::unbounded();
+    let slot = std::rc::Rc::new(std::cell::RefCell::new(Default::default()));
     let applier = match Applier::new(
         applier,
         restored,
         shards.clone(),
         published.clone(),
         ApplierLinks {
+            snapshot_slot: slot.clone(),
             queue: apply_rx,
             queries: queries_rx,
             raft_tx,
@@ -460,6 +462,7 @@ fn start_coordinator(
                 apply_tx,
                 published,
                 serving_tx,
+                slot,
             )?;
             node.run().await
         }),

@@ -13,6 +13,7 @@ pub mod members;
 pub mod raft;
 pub mod rpc;
 pub mod seams;
+pub mod transfer;
 pub mod wal;
 pub mod watch;
 

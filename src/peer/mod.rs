@@ -25,6 +25,15 @@ pub trait Transport {
     fn set_peers(&mut self, peers: &[(u64, Vec<String>)]);
     /// Members removed from the cluster: their connections are refused from now on.
     fn set_removed(&mut self, ids: &[u64]);
+    /// Sends a snapshot to `to` on a connection of its own, so it never delays raft messages:
+    /// `meta` is the raft message that announces it, `source` yields the body's chunks. The
+    /// outcome arrives later as `PeerIncoming::SnapshotStatus`.
+    fn send_snapshot(&mut self, to: u64, meta: Bytes, source: Box<dyn SnapshotSource>);
+}
+
+/// The body of a snapshot, produced a chunk at a time (bounded memory whatever its size).
+pub trait SnapshotSource {
+    fn next_chunk(&mut self) -> Option<Bytes>;
 }
 
 /// Something a peer sent, delivered to the raft node's inbox.
@@ -49,6 +58,9 @@ pub enum PeerIncoming {
         chunks: flume::Receiver<Result<Bytes, PeerError>>,
         done: oneshot::Sender<Result<(), String>>,
     },
+    /// How a snapshot this member sent to `to` ended: raft learns it
+    /// (`RawNode::report_snapshot`) and retries a failed one.
+    SnapshotStatus { to: u64, result: Result<(), String> },
     /// A peer told us we were removed from the cluster: this member must stop.
     RemovedFromCluster { by: u64 },
 }
@@ -75,4 +87,5 @@ impl Transport for NoPeers {
     fn send(&mut self, _msgs: Vec<Message>) {}
     fn set_peers(&mut self, _peers: &[(u64, Vec<String>)]) {}
     fn set_removed(&mut self, _ids: &[u64]) {}
+    fn send_snapshot(&mut self, _to: u64, _meta: Bytes, _source: Box<dyn SnapshotSource>) {}
 }

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::oneshot;
@@ -28,11 +28,23 @@ use super::net::Net;
 /// Small segments, so rotation and rewrites happen within a short run.
 const SEGMENT_BYTES_MAX: u64 = 16 * 1024;
 
+/// Every shard's segment files, by layout and shard.
+type Segments = Arc<Mutex<BTreeMap<(String, usize), Arc<Mutex<MemStorage>>>>>;
+
 /// What survives a crash: synced WAL records, the last saved checkpoint, synced segments.
 pub struct Disk {
     pub wal: WalState,
     pub checkpoint: Option<CheckpointState>,
-    pub segments: Vec<Rc<RefCell<MemStorage>>>,
+    pub segments: Segments,
+}
+
+fn open_segments(segments: &Segments, layout: &str, shard: usize) -> SharedStorage {
+    let mut all = segments.lock().unwrap();
+    SharedStorage(
+        all.entry((layout.to_string(), shard))
+            .or_insert_with(|| Arc::new(Mutex::new(MemStorage::new())))
+            .clone(),
+    )
 }
 
 #[derive(Default)]
@@ -42,32 +54,32 @@ pub struct WalState {
 }
 
 /// A shard's segment files, shared between the member's shard (while it runs) and its disk.
-struct SharedStorage(Rc<RefCell<MemStorage>>);
+pub struct SharedStorage(Arc<Mutex<MemStorage>>);
 
 impl Storage for SharedStorage {
     fn list(&self) -> std::io::Result<Vec<String>> {
-        self.0.borrow().list()
+        self.0.lock().unwrap().list()
     }
     fn create(&mut self, name: &str) -> std::io::Result<()> {
-        self.0.borrow_mut().create(name)
+        self.0.lock().unwrap().create(name)
     }
     fn append(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.borrow_mut().append(name, bytes)
+        self.0.lock().unwrap().append(name, bytes)
     }
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.borrow().read_at(name, offset, buf)
+        self.0.lock().unwrap().read_at(name, offset, buf)
     }
     fn len(&self, name: &str) -> std::io::Result<u64> {
-        self.0.borrow().len(name)
+        self.0.lock().unwrap().len(name)
     }
     fn truncate(&mut self, name: &str, len: u64) -> std::io::Result<()> {
-        self.0.borrow_mut().truncate(name, len)
+        self.0.lock().unwrap().truncate(name, len)
     }
     fn sync(&mut self, name: &str) -> std::io::Result<()> {
-        self.0.borrow_mut().sync(name)
+        self.0.lock().unwrap().sync(name)
     }
     fn remove(&mut self, name: &str) -> std::io::Result<()> {
-        self.0.borrow_mut().remove(name)
+        self.0.lock().unwrap().remove(name)
     }
 }
 
@@ -158,6 +170,7 @@ pub struct SimMember {
     pub index: usize,
     pub id: u64,
     pub name: String,
+    pub shard_count: usize,
     pub disk: Rc<RefCell<Disk>>,
     pub feed: Feed,
     pub handles: Option<Handles>,
@@ -172,12 +185,11 @@ impl SimMember {
             index,
             id,
             name: format!("m{index}"),
+            shard_count,
             disk: Rc::new(RefCell::new(Disk {
                 wal: WalState::default(),
                 checkpoint: None,
-                segments: (0..shard_count)
-                    .map(|_| Rc::new(RefCell::new(MemStorage::new())))
-                    .collect(),
+                segments: Arc::new(Mutex::new(BTreeMap::new())),
             })),
             feed: Rc::new(RefCell::new(BTreeMap::new())),
             handles: None,
@@ -197,9 +209,9 @@ impl SimMember {
         net.detach(self.id);
         self.handles = None;
         let disk = self.disk.borrow();
-        for s in &disk.segments {
+        for s in disk.segments.lock().unwrap().values() {
             let kept = exec.rng(|r| r.gen_range(0..64));
-            s.borrow_mut().crash(kept);
+            s.lock().unwrap().crash(kept);
         }
     }
 
@@ -229,18 +241,26 @@ impl SimMember {
                 self.name
             );
         }
-        // The shards, as recovery opens them: each at the checkpoint.
+        // The shards, as recovery opens them: each at the checkpoint, in its layout.
+        let layout = checkpoint.as_ref().map_or_else(
+            || rusd::coordinator::checkpoint::default_layout(self.shard_count),
+            |c| c.layout_name(),
+        );
+        let segments = disk.borrow().segments.clone();
         let mut lease_keys = Vec::new();
         let mut shard_states = Vec::new();
-        for s in &disk.borrow().segments {
+        for i in 0..self.shard_count {
             let (log, store, _) = SegmentLog::open_at(
-                SharedStorage(s.clone()),
+                open_segments(&segments, &layout, i),
                 SEGMENT_BYTES_MAX,
                 Some(checkpoint_index),
             )
-            .unwrap_or_else(|e| panic!("{}: reopening a shard: {e}", self.name));
+            .unwrap_or_else(|e| panic!("{}: reopening shard {i}: {e}", self.name));
             lease_keys.extend(store.leased_keys());
-            shard_states.push(Shard::new(store, log));
+            let all = segments.clone();
+            let opener: rusd::runtime::shard::StorageOpener<SharedStorage> =
+                Box::new(move |layout, shard| Ok(open_segments(&all, layout, shard)));
+            shard_states.push(Shard::new(store, log, i, opener, SEGMENT_BYTES_MAX));
         }
         let conf_state = match &checkpoint {
             Some(c) => ConfState::from((c.voters.clone(), c.learners.clone())),
@@ -281,14 +301,15 @@ impl SimMember {
         let (watch_tx, watch_rx) = flume::bounded(rusd::coordinator::watch::WATCH_FEED_MAX);
         let (apply_tx, apply_rx) = flume::unbounded();
         let clock = exec.clock();
+        let slot = Rc::new(RefCell::new(Default::default()));
         let applier = Applier::new(
             ApplierConfig {
                 member_id: self.id,
                 lease_ttl_min_secs: 2,
                 initial_members: initial_members.clone(),
-                // Checkpoints wait for snapshots to followers: a restarted leader keeps only
-                // the log after its checkpoint, and a follower behind it needs one.
-                snapshot_count: 100_000,
+                // Frequent checkpoints: a restarted leader keeps only the log after its last
+                // one, so followers behind it are caught up by snapshots.
+                snapshot_count: 40,
                 conf_state: conf_state.clone(),
             },
             Restored {
@@ -298,6 +319,7 @@ impl SimMember {
             shards.clone(),
             published.clone(),
             ApplierLinks {
+                snapshot_slot: slot.clone(),
                 queue: apply_rx,
                 queries: queries_rx,
                 raft_tx: raft_tx.clone(),
@@ -344,6 +366,7 @@ impl SimMember {
             apply_tx,
             published.clone(),
             serving_tx,
+            slot,
         )
         .unwrap_or_else(|e| panic!("{}: starting the raft node: {e:#}", self.name));
 

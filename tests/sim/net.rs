@@ -8,10 +8,12 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::channel::oneshot;
 use raft::eraftpb::Message;
 use rand::Rng;
 use rusd::coordinator::raft::RaftMsg;
-use rusd::peer::{PeerIncoming, Transport};
+use rusd::peer::{PeerIncoming, SnapshotSource, Transport};
 
 use super::exec::{sleep, Exec};
 
@@ -210,4 +212,75 @@ impl Transport for SimTransport {
     }
     fn set_peers(&mut self, _peers: &[(u64, Vec<String>)]) {}
     fn set_removed(&mut self, _ids: &[u64]) {}
+    fn send_snapshot(&mut self, to: u64, meta: Bytes, source: Box<dyn SnapshotSource>) {
+        let net = self.net.clone();
+        let from = self.from;
+        self.net.exec.spawn(None, async move {
+            net.stream_snapshot(from, to, meta, source).await
+        });
+    }
+}
+
+impl Net {
+    /// A snapshot stream: chunk by chunk with network delays, failing if the members are cut
+    /// apart or either goes down meanwhile; the sender learns the outcome.
+    async fn stream_snapshot(
+        self,
+        from: u64,
+        to: u64,
+        meta: Bytes,
+        mut source: Box<dyn SnapshotSource>,
+    ) {
+        let result = async {
+            let inbox = self
+                .state
+                .borrow()
+                .inboxes
+                .get(&to)
+                .cloned()
+                .ok_or("the receiver is down")?;
+            let (chunks_tx, chunks) = flume::bounded(4);
+            let (done, answer) = oneshot::channel();
+            inbox
+                .send_async(RaftMsg::Peer(PeerIncoming::Snapshot {
+                    from,
+                    meta,
+                    chunks,
+                    done,
+                }))
+                .await
+                .map_err(|_| "the receiver is down")?;
+            while let Some(chunk) = source.next_chunk() {
+                let cut = self
+                    .state
+                    .borrow()
+                    .cut
+                    .contains(&(from.min(to), from.max(to)));
+                if cut || self.exec.chance(0.01) {
+                    return Err("the connection broke");
+                }
+                let delay = self
+                    .exec
+                    .rng(|r| std::time::Duration::from_micros(r.gen_range(10..500)));
+                sleep(&self.exec, delay).await;
+                chunks_tx
+                    .send_async(Ok(chunk))
+                    .await
+                    .map_err(|_| "the receiver went away")?;
+            }
+            drop(chunks_tx);
+            answer
+                .await
+                .map_err(|_| "the receiver went away")?
+                .map_err(|_| "the receiver refused it")
+        }
+        .await;
+        let sender = self.state.borrow().inboxes.get(&from).cloned();
+        if let Some(tx) = sender {
+            let _ = tx.try_send(RaftMsg::Peer(PeerIncoming::SnapshotStatus {
+                to,
+                result: result.map_err(str::to_string),
+            }));
+        }
+    }
 }
