@@ -315,6 +315,23 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 }
 
+/// Starts this member's peer transport: binds every `--listen-peer-urls` URL (with the
+/// `--peer-*` TLS flags) and starts accepting, delivering what peers send to `inbox`. Must run
+/// on core 0's executor, where the raft node that drives the returned transport lives; the
+/// [`crate::peer::PeerClient`] may be cloned to every core.
+///
+/// Not called by [`serve`] yet: the raft node that consumes `inbox` is being written. Call it
+/// from core 0's start-up (after `net::ListenPlan::new`, which validates the peer TLS flags
+/// and generates the `--peer-auto-tls` certificate) once it exists.
+pub fn start_peer_transport(
+    cfg: &Config,
+    member_id: u64,
+    cluster_id: u64,
+    inbox: flume::Sender<crate::peer::PeerIncoming>,
+) -> anyhow::Result<(crate::peer::PeerTransport, crate::peer::PeerClient)> {
+    crate::peer::start(cfg, member_id, cluster_id, inbox).context("starting the peer transport")
+}
+
 /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds.
 fn lease_ttl_min_secs(cfg: &Config) -> i64 {
     let ticks = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms.max(1)).max(1);
