@@ -57,7 +57,9 @@ pub trait Transport {
     fn send(&mut self, msgs: Vec<Message>);
     /// The other members and their peer URLs: the whole set, replacing the previous one.
     fn set_peers(&mut self, peers: &[(u64, Vec<String>)]);
-    /// Members removed from the cluster: their connections are refused from now on.
+    /// Members removed from the cluster: their connections are refused from now on, and the
+    /// ones they have are closed with a goodbye that tells them. Cumulative: the IDs join the
+    /// removed set (a removal is permanent, as in etcd).
     fn set_removed(&mut self, ids: &[u64]);
 }
 

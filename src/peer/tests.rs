@@ -881,8 +881,13 @@ impl Pki {
 
     /// `<name>.crt`/`<name>.key` for server and client auth on 127.0.0.1 with CN `cn`.
     fn issue(&self, name: &str, cn: &str, serial: u8) -> rcgen::SerialNumber {
+        self.issue_for(name, cn, serial, "127.0.0.1")
+    }
+
+    /// As [`Pki::issue`], for address `san`.
+    fn issue_for(&self, name: &str, cn: &str, serial: u8, san: &str) -> rcgen::SerialNumber {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
-        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let mut p = CertificateParams::new(vec![san.to_string()]).unwrap();
         p.distinguished_name = rcgen::DistinguishedName::new();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![
@@ -996,6 +1001,35 @@ fn tls_peers_talk_and_a_disallowed_cn_or_revoked_certificate_is_refused() {
             1,
             "only A's message got in"
         );
+    });
+}
+
+#[test]
+fn a_client_certificate_for_another_address_is_refused_unless_san_checks_are_skipped() {
+    let pki = Pki::new();
+    pki.issue("a", "peer-a", 1);
+    pki.issue("b", "peer-b", 2);
+    // E's certificate names 10.9.9.9, but E dials from 127.0.0.1 (etcd's checkCertSAN).
+    pki.issue_for("e", "peer-e", 5, "10.9.9.9");
+    let a_cfg = pki.config("a");
+    let mut b_cfg = pki.config("b");
+    b_cfg.peer_tls.skip_client_san_verify = true;
+    let e_cfg = pki.config("e");
+    run(move || async move {
+        let mut a = tls_member(&a_cfg, 1);
+        let mut b = tls_member(&b_cfg, 2);
+        let mut e = tls_member(&e_cfg, 5);
+        connect(&mut [&mut a, &mut b, &mut e]);
+        e.transport.send(vec![append(5, 1, 1, 10)]);
+        match next_event(&e.inbox).await {
+            PeerIncoming::Unreachable(1) => {}
+            _ => panic!("A refuses E's certificate"),
+        }
+        assert_eq!(a.transport.stats().messages_received, 0);
+        // B skips the check (--experimental-peer-skip-client-san-verification).
+        e.transport.send(vec![append(5, 2, 1, 10)]);
+        let (messages, _) = receive_raft(&b.inbox, 1).await;
+        assert_eq!(messages[0].from, 5);
     });
 }
 
