@@ -160,9 +160,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         )?),
         gateway_streams: api::gateway::StreamGate::new(cfg.max_concurrent_streams),
         cors: Arc::new(cfg.cors.clone()),
+        peers: Arc::new(std::sync::OnceLock::new()),
     };
 
     let listen_plan = net::ListenPlan::new(&cfg)?;
+    // After the listen plan, which checks the peer TLS flags and makes --peer-auto-tls's
+    // certificate.
+    let peer_options =
+        crate::peer::PeerOptions::from_config(&cfg, metadata.member_id, metadata.cluster_id)
+            .context("configuring the peer transport")?;
 
     let (serving_tx, serving_rx) = oneshot::channel();
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
@@ -217,6 +223,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         },
     };
     let mut coordinator_parts = Some(CoordinatorParts {
+        peer_options,
+        peer_slot: ctx.peers.clone(),
         recovered,
         restored,
         wal_dir: wal_dir.clone(),
@@ -345,6 +353,8 @@ fn stop_on_panic() {
 
 /// Everything core 0 needs to start the coordinator's three tasks.
 struct CoordinatorParts {
+    peer_options: crate::peer::PeerOptions,
+    peer_slot: Arc<std::sync::OnceLock<crate::peer::PeerClient>>,
     recovered: wal::Recovered,
     restored: Restored,
     wal_dir: std::path::PathBuf,
@@ -397,6 +407,8 @@ fn start_coordinator(
             .detach();
         };
     let CoordinatorParts {
+        peer_options,
+        peer_slot,
         recovered,
         restored,
         wal_dir,
@@ -411,6 +423,15 @@ fn start_coordinator(
         watch_rx,
         serving_tx,
     } = parts;
+    let (peer_tx, peer_rx) = flume::bounded(coordinator::COORDINATOR_INBOX_MAX);
+    let (transport, peer_client) = match crate::peer::PeerTransport::start(peer_options, peer_tx) {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = fatal.send(format!("starting the peer transport: {e:#}"));
+            return;
+        }
+    };
+    let _ = peer_slot.set(peer_client);
     let (apply_tx, apply_rx) = flume::unbounded();
     let slot = std::rc::Rc::new(std::cell::RefCell::new(Default::default()));
     let applier = match Applier::new(
@@ -456,9 +477,10 @@ fn start_coordinator(
             let node = RaftNode::new(
                 boot,
                 FileRaftLog::new(wal),
-                crate::peer::NoPeers,
+                transport,
                 SystemClock,
                 raft_rx,
+                peer_rx,
                 apply_tx,
                 published,
                 serving_tx,

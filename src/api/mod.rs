@@ -44,6 +44,9 @@ pub struct Context {
     pub gateway_streams: Arc<gateway::StreamGate>,
     /// `--cors`: origins the HTTP side answers with CORS headers.
     pub cors: Arc<Vec<String>>,
+    /// Requests to other members (a follower forwarding lease work to the leader); set once
+    /// core 0 has started the peer transport.
+    pub peers: Arc<std::sync::OnceLock<crate::peer::PeerClient>>,
 }
 
 impl Context {

@@ -453,6 +453,11 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 Ok(Chunk::End) => break,
             }
         }
+        // The transport closes a stream it checked with an empty chunk; a stream that breaks
+        // after our end frame still failed.
+        if let Ok(Err(e)) = chunks.recv_async().await {
+            return Ok(Err(e.to_string()));
+        }
         let state = state.expect("a stream that ended had its header");
         for shard in 0..self.shards.len() {
             let layout = layout.to_string();
@@ -614,7 +619,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 let _ = reply.send(self.keep_alive(id));
             }
             CoordMsg::LeaseTimeToLive { id, keys, reply } => {
-                let _ = reply.send(self.lease_info(id, keys));
+                let _ = reply.send(self.time_to_live(id, keys));
             }
             CoordMsg::LeaseLeases { reply } => {
                 let _ = reply.send(self.leases.ids());
@@ -635,6 +640,17 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
     fn keep_alive(&mut self, id: i64) -> Result<Option<i64>, EtcdError> {
         if self.role.is_leader {
             Ok(self.leases.renew(id, self.clock.now()))
+        } else if self.role.leader_id == raft::INVALID_ID {
+            Err(EtcdError::NoLeader)
+        } else {
+            Err(EtcdError::NotLeader)
+        }
+    }
+
+    /// A lease's remaining time as the leader counts it (the only clock there is).
+    fn time_to_live(&self, id: i64, keys: bool) -> Result<Option<LeaseInfo>, EtcdError> {
+        if self.role.is_leader {
+            Ok(self.lease_info(id, keys))
         } else if self.role.leader_id == raft::INVALID_ID {
             Err(EtcdError::NoLeader)
         } else {
@@ -664,11 +680,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 rpc::PeerResponse::LeaseKeepAlive(self.keep_alive(id))
             }
             Ok(rpc::PeerRequest::LeaseTimeToLive { id, keys }) => {
-                if self.role.is_leader {
-                    rpc::PeerResponse::LeaseTimeToLive(Ok(self.lease_info(id, keys)))
-                } else {
-                    rpc::PeerResponse::LeaseTimeToLive(Err(EtcdError::NotLeader))
-                }
+                rpc::PeerResponse::LeaseTimeToLive(self.time_to_live(id, keys))
             }
             Ok(rpc::PeerRequest::MemberList) => rpc::PeerResponse::MemberList(self.members.list()),
             Err(e) => rpc::PeerResponse::Refused(e.to_string()),

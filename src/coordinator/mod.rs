@@ -129,10 +129,12 @@ pub enum CoordMsg {
         id: i64,
         reply: oneshot::Sender<Result<Option<i64>, EtcdError>>,
     },
+    /// Only the leader keeps lease time: a follower answers `NotLeader` and the caller asks
+    /// the leader.
     LeaseTimeToLive {
         id: i64,
         keys: bool,
-        reply: oneshot::Sender<Option<LeaseInfo>>,
+        reply: oneshot::Sender<Result<Option<LeaseInfo>, EtcdError>>,
     },
     LeaseLeases {
         reply: oneshot::Sender<Vec<i64>>,

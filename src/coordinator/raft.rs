@@ -234,6 +234,9 @@ pub struct RaftNode<T: Transport, L: RaftLog, C: Clock> {
     clock: C,
     rng: rand::rngs::StdRng,
     inbox: flume::Receiver<RaftMsg>,
+    /// What the peer transport delivers; read before the local inbox, so heartbeats are
+    /// never queued behind a burst of proposals.
+    peer_inbox: flume::Receiver<PeerIncoming>,
     apply_tx: flume::Sender<ApplyMsg>,
     published: Arc<Published>,
     member_id: u64,
@@ -272,6 +275,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
         mut transport: T,
         clock: C,
         inbox: flume::Receiver<RaftMsg>,
+        peer_inbox: flume::Receiver<PeerIncoming>,
         apply_tx: flume::Sender<ApplyMsg>,
         published: Arc<Published>,
         on_serving: oneshot::Sender<()>,
@@ -364,6 +368,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             clock,
             rng,
             inbox,
+            peer_inbox,
             apply_tx,
             published,
             member_id: boot.member_id,
@@ -398,14 +403,30 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
                 }
             } else if !self.ready_due() {
                 let inbox = self.inbox.clone();
+                let peer_inbox = self.peer_inbox.clone();
                 let recv = inbox.recv_async();
+                // A transport that stopped delivering (none in a one-member test) is never
+                // ready again rather than ready with an error at every turn.
+                let from_peer = async {
+                    match peer_inbox.recv_async().await {
+                        Ok(incoming) => incoming,
+                        Err(_) => futures::future::pending().await,
+                    }
+                };
                 let sleep = self.clock.sleep(next_tick - now);
-                futures::pin_mut!(recv);
-                match select(recv, sleep).await {
-                    Either::Left((Ok(msg), _)) => self.handle(msg)?,
+                futures::pin_mut!(recv, from_peer);
+                match select(select(from_peer, recv), sleep).await {
+                    Either::Left((Either::Left((incoming, _)), _)) => self.on_peer(incoming)?,
+                    Either::Left((Either::Right((Ok(msg), _)), _)) => self.handle(msg)?,
                     // Every handle dropped: the member is shutting down.
-                    Either::Left((Err(_), _)) => return Ok(()),
+                    Either::Left((Either::Right((Err(_), _)), _)) => return Ok(()),
                     Either::Right(_) => {}
+                }
+            }
+            for _ in 0..INBOX_BATCH_MAX {
+                match self.peer_inbox.try_recv() {
+                    Ok(incoming) => self.on_peer(incoming)?,
+                    Err(_) => break,
                 }
             }
             let mut reads = Vec::new();

@@ -363,6 +363,8 @@ impl SimMember {
             net.transport(self.id),
             clock,
             raft_rx,
+            // The simulated network delivers into the raft inbox itself.
+            flume::bounded(1).1,
             apply_tx,
             published.clone(),
             serving_tx,
