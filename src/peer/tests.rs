@@ -138,6 +138,7 @@ async fn assert_quiet(inbox: &flume::Receiver<PeerIncoming>, ms: u64) {
             PeerIncoming::Unreachable(_) => "unreachable",
             PeerIncoming::Request { .. } => "a request",
             PeerIncoming::Snapshot { .. } => "a snapshot",
+            PeerIncoming::SnapshotStatus { .. } => "a snapshot status",
             PeerIncoming::RemovedFromCluster { .. } => "removed",
         };
         panic!("expected nothing, got {what}");
