@@ -1158,11 +1158,10 @@ pub fn server_command() -> clap::Command {
             .default_missing_value("true"),
     )
     .arg(
+        // normalize_go_args puts whatever follows the flags after `--`.
         Arg::new(REST_ARG)
             .num_args(1..)
             .action(ArgAction::Append)
-            .trailing_var_arg(true)
-            .allow_hyphen_values(true)
             .hide(true),
     )
 }

@@ -842,6 +842,7 @@ async fn serve(
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             {
                 let mut h2 = builder.http2();
+                h2.timer(hyper_util::rt::TokioTimer::new());
                 h2.max_concurrent_streams(cfg.max_concurrent_streams);
                 if !cfg.grpc_keepalive_interval.is_zero() {
                     h2.keep_alive_interval(cfg.grpc_keepalive_interval);

@@ -266,8 +266,8 @@ mod tests {
         let mut c = RangeCache::new();
         for i in 0..CACHE_ENTRIES_MAX + 10 {
             c.add("", &range(&format!("k{i}"), "", 0), &answer("v"));
-            if i == 5 {
-                // Touch k0 so it is recent.
+            if i == 20 {
+                // Touch k0 so it is more recent than k1..k20.
                 assert!(c.get("", &range("k0", "", 0)).is_ok());
             }
         }
