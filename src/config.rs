@@ -1,19 +1,28 @@
 //! Command line, environment and config-file handling, compatible with etcd v3.5.17.
 //!
-//! etcd parses its flags with Go's `flag` package, so this module does the same by hand, driven
-//! by one table ([`FLAGS`]) that lists every flag with its kind and default:
-//! - `-x` and `--x` are the same flag; `--x=v` or `--x v` give a value; a boolean flag never
-//!   takes the next argument (`--x`, `--x=true`, `--x=false`); a flag may repeat and the last
-//!   one wins; `--` ends the flags; the first non-flag argument ends the flags too, and etcd
-//!   then refuses it ("'x' is not a valid flag").
+//! The command line is built on clap from one table ([`FLAGS`]) that lists every server flag
+//! with its kind, default and status ([`server_command`]); the `gateway` and `grpc-proxy`
+//! subcommands have their own tables and clap command in `config/proxy.rs`. etcd parses the
+//! server's flags with Go's `flag` package, and clap is configured to keep its rules:
+//! - `--x=v` or `--x v`; a boolean flag takes an optional value that must be attached
+//!   (`--x`, `--x=true`, `--x=false`; clap's `require_equals` + `default_missing_value`); the
+//!   last of a repeated flag wins (`args_override_self`); each value is parsed by etcd's own
+//!   rules in a clap value parser and refused with Go's texts ("invalid value \"x\" for flag
+//!   -name: parse error", "flag provided but not defined: -x", "flag needs an argument: -x").
+//! - What clap cannot express is done before clap sees the arguments, in
+//!   [`normalize_go_args`]: Go's single-dash long form (`-name`), the first non-flag argument
+//!   ending the flags (etcd then refuses it: "'x' is not a valid flag"), a separate value taken
+//!   whatever it looks like (`--name --x`), and Go's "bad flag syntax" cases.
 //! - `ETCD_<FLAG>` environment variables (dashes become underscores, uppercase) set flags that
-//!   were not given on the command line. One given both ways is a fatal conflict, as in etcd.
-//!   Unknown `ETCD_*` variables are ignored with a warning.
+//!   were not given on the command line; their values go through the same clap value parsers.
+//!   One given both ways is a fatal conflict, as in etcd. Unknown `ETCD_*` variables are
+//!   ignored with a warning ([`apply_env`] says why this is not clap's `Arg::env`).
 //! - `--config-file` (or `ETCD_CONFIG_FILE`) loads etcd's YAML file format instead, and then
 //!   every other flag and `ETCD_*` variable is ignored, as in etcd.
 //! - rusd's own flag `--shards N` (env `RUSD_SHARDS`) applies in every mode.
 //!
-//! [`parse_command`] returns a typed [`Config`] with etcd's names in snake_case.
+//! [`parse_command`] returns a typed [`Config`] with etcd's names in snake_case, or the
+//! configuration of a proxy subcommand.
 
 // An API surface for the whole server: not every item is used yet.
 #![allow(dead_code)]
@@ -1226,9 +1235,7 @@ fn clap_error_flag(e: &clap::Error) -> String {
         None => String::new(),
     };
     let text = text.trim_start_matches('-');
-    let end = text
-        .find(|c: char| c == '=' || c == ' ' || c == '[' || c == '<')
-        .unwrap_or(text.len());
+    let end = text.find(['=', ' ', '[', '<']).unwrap_or(text.len());
     text[..end].to_string()
 }
 

@@ -295,7 +295,7 @@ fn pflag_error(e: &clap::Error) -> ConfigError {
     };
     let arg = context(ContextKind::InvalidArg);
     let name = arg
-        .split(|c: char| c == '=' || c == ' ' || c == '<' || c == '[')
+        .split(['=', ' ', '<', '['])
         .next()
         .unwrap_or("")
         .to_string();

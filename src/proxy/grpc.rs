@@ -295,7 +295,7 @@ impl Kv for KvProxy {
             .upstream
             .call(|channel| {
                 let mut client = self.client(channel);
-                let request = upstream_request(c.clone(), &metadata);
+                let request = upstream_request(c, &metadata);
                 async move { client.compact(request).await }
             })
             .await?

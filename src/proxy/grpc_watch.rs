@@ -111,9 +111,9 @@ impl Watcher {
         if !progress && !answer.created && events.is_empty() && answer.compact_revision == 0 {
             return;
         }
-        self.last_header = answer.header.clone();
+        self.last_header = answer.header;
         self.post(pb::WatchResponse {
-            header: answer.header.clone(),
+            header: answer.header,
             watch_id: self.watch_id,
             created: answer.created,
             canceled: answer.canceled,
@@ -487,7 +487,7 @@ impl WatchHub {
         if let Some(b) = s.broadcasts.get_mut(&id) {
             for w in b.watchers.values_mut() {
                 w.post(pb::WatchResponse {
-                    header: w.last_header.clone(),
+                    header: w.last_header,
                     watch_id: w.watch_id,
                     canceled: true,
                     cancel_reason: status.message().to_string(),
@@ -598,7 +598,7 @@ impl WatchHub {
                         if let Some(w) = hub.delete((stream_id, cancel.watch_id)) {
                             ids.retain(|i| *i != cancel.watch_id);
                             let _ = outbox.try_send(pb::WatchResponse {
-                                header: w.last_header.clone(),
+                                header: w.last_header,
                                 watch_id: cancel.watch_id,
                                 canceled: true,
                                 ..Default::default()
