@@ -1161,6 +1161,7 @@ pub fn server_command() -> clap::Command {
             .long("help")
             .alias("h")
             .help("Print this help.")
+            .value_name("BOOL")
             .action(ArgAction::Set)
             .num_args(0..=1)
             .require_equals(true)
