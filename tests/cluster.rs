@@ -88,7 +88,10 @@ async fn assert_converged(cluster: &Cluster) {
         if indexes.windows(2).all(|w| w[0] == w[1]) {
             break;
         }
-        assert!(Instant::now() < deadline, "members did not converge: {indexes:?}");
+        assert!(
+            Instant::now() < deadline,
+            "members did not converge: {indexes:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut first = None;
@@ -164,7 +167,10 @@ fn a_partitioned_leader_steps_down_and_refuses_linearizable_reads() {
             if let Some(id) = agreed {
                 break cluster.members.iter().position(|m| m.id == id).unwrap();
             }
-            assert!(Instant::now() < deadline, "no new leader after the partition");
+            assert!(
+                Instant::now() < deadline,
+                "no new leader after the partition"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         eprintln!("new leader {new_leader} after {:?}", cut_at.elapsed());

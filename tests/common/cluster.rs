@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,7 +33,8 @@ struct Proxy {
 
 impl Proxy {
     /// Forwards `listen` to `target`, the peer port of member `owner`.
-    fn start(listener: TcpListener, target: u16, owner: u64, cut: Cut) -> Proxy {
+    /// `owner` is filled in once the member has logged its ID; until then nobody is cut.
+    fn start(listener: TcpListener, target: u16, owner: Arc<AtomicU64>, cut: Cut) -> Proxy {
         let conns: Arc<Mutex<Vec<(u64, TcpStream)>>> = Arc::default();
         let list = conns.clone();
         thread::spawn(move || {
@@ -40,6 +42,7 @@ impl Proxy {
                 let Ok(mut inbound) = stream else { return };
                 let cut = cut.clone();
                 let list = list.clone();
+                let owner = owner.load(Ordering::SeqCst);
                 thread::spawn(move || {
                     // The preamble, then the handshake frame: a big-endian length and the
                     // protobuf handshake with the sender's ID.
@@ -77,7 +80,8 @@ impl Proxy {
                         list.push((from, inbound.try_clone().unwrap()));
                         list.push((from, outbound.try_clone().unwrap()));
                     }
-                    let (mut a, mut b) = (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+                    let (mut a, mut b) =
+                        (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
                     thread::spawn(move || {
                         let _ = std::io::copy(&mut a, &mut b);
                         let _ = b.shutdown(Shutdown::Both);
@@ -133,6 +137,8 @@ impl Member {
 pub struct Cluster {
     pub members: Vec<Member>,
     proxies: Vec<Proxy>,
+    /// Each proxy's owner ID, known once its member has started.
+    owners: Vec<Arc<AtomicU64>>,
     cut: Cut,
     initial_cluster: String,
     _dir: tempfile::TempDir,
@@ -169,9 +175,17 @@ impl Cluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.proxy_port))
             .collect::<Vec<_>>()
             .join(",");
+        // The proxies run from the start: members elect their first leader through them.
+        let owners: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::default()).collect();
+        let proxies = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| Proxy::start(l, members[i].peer_port, owners[i].clone(), cut.clone()))
+            .collect();
         let mut cluster = Cluster {
             members,
-            proxies: Vec::new(),
+            proxies,
+            owners,
             cut: cut.clone(),
             initial_cluster,
             _dir: dir,
@@ -180,12 +194,6 @@ impl Cluster {
         let ready: Vec<_> = (0..n).map(|i| cluster.spawn(i)).collect();
         for (i, rx) in ready.into_iter().enumerate() {
             cluster.wait_ready(i, rx);
-        }
-        for (i, l) in listeners.into_iter().enumerate() {
-            let m = &cluster.members[i];
-            cluster
-                .proxies
-                .push(Proxy::start(l, m.peer_port, m.id, cut.clone()));
         }
         cluster
     }
@@ -202,7 +210,12 @@ impl Cluster {
         }
         cmd.args(["--name", &m.name, "--shards", "1", "--data-dir"])
             .arg(&m.data_dir)
-            .args(["--listen-client-urls", &m.url(), "--advertise-client-urls", &m.url()])
+            .args([
+                "--listen-client-urls",
+                &m.url(),
+                "--advertise-client-urls",
+                &m.url(),
+            ])
             .args([
                 "--listen-peer-urls",
                 &format!("http://127.0.0.1:{}", m.peer_port),
@@ -227,7 +240,11 @@ impl Cluster {
         }
         let mut child = cmd.spawn().expect("spawning a member");
         let (tx, rx) = mpsc::channel();
-        spawn_reader(child.stdout.take().unwrap(), m.log.clone(), Some(tx.clone()));
+        spawn_reader(
+            child.stdout.take().unwrap(),
+            m.log.clone(),
+            Some(tx.clone()),
+        );
         spawn_reader(child.stderr.take().unwrap(), m.log.clone(), Some(tx));
         m.child = Some(child);
         rx
@@ -241,7 +258,11 @@ impl Cluster {
             }
             let m = &mut self.members[i];
             if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited ({st}); its log:\n{}", m.name, m.log.lock().unwrap());
+                panic!(
+                    "{} exited ({st}); its log:\n{}",
+                    m.name,
+                    m.log.lock().unwrap()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -260,6 +281,7 @@ impl Cluster {
             .and_then(|hex| u64::from_str_radix(hex, 16).ok())
             .expect("the member logs its identity");
         self.members[i].id = id;
+        self.owners[i].store(id, Ordering::SeqCst);
     }
 
     /// SIGKILL.
@@ -300,7 +322,10 @@ impl Cluster {
             }
             seen = Some(leader);
         }
-        self.members.iter().position(|m| Some(m.id) == seen)
+        // Right after a kill the others still name the dead member for an election timeout.
+        self.members
+            .iter()
+            .position(|m| Some(m.id) == seen && m.is_up())
     }
 
     /// Waits until the running members agree on a leader (among `allowed`), for at most
@@ -311,7 +336,10 @@ impl Cluster {
             if let Some(l) = self.leader().await {
                 return l;
             }
-            assert!(Instant::now() < deadline, "no agreed leader within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
