@@ -19,6 +19,7 @@ use crate::{api, coordinator, ids, logging, net, recovery, runtime};
 
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     logging::init(cfg.log_level, &cfg.log_outputs)?;
+    crate::failpoint::init_from_env().map_err(|e| anyhow::anyhow!("failpoints: {e}"))?;
     cfg.emit_startup_logs();
     cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
     log_info!(
@@ -159,6 +160,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         )?),
         gateway_streams: api::gateway::StreamGate::new(cfg.max_concurrent_streams),
         cors: Arc::new(cfg.cors.clone()),
+        health: api::health::HealthState::new(cfg.experimental_stop_grpc_service_on_defrag),
     };
 
     let listen_plan = net::ListenPlan::new(&cfg)?;
