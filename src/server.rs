@@ -311,6 +311,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "the coordinator stopped before serving".into());
         anyhow::bail!("{msg}");
     }
+    ctx.health.mark_serving();
     listen_plan.log_ready();
 
     // From here the process lives until a signal or a fatal error.

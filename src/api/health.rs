@@ -9,7 +9,7 @@
 //! that, so load balancers and clients that probe etcd see the same answers.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use event_listener::Event;
@@ -31,7 +31,12 @@ pub struct HealthState {
     stop_on_defrag: bool,
     /// Defragmentations running now (several clients may ask at once, on different cores).
     defrags_running: AtomicUsize,
-    /// Notified at every change of status, for Watch streams.
+    /// Set once the member serves clients (etcd's ReadyNotify). Until then every client
+    /// request waits, as etcd's listeners hold connections until the server is ready: a
+    /// member still replaying its WAL must not answer with an older revision.
+    serving: AtomicBool,
+    /// Notified at every change of status, for Watch streams and requests waiting to be
+    /// served.
     changed: Event,
 }
 
@@ -40,8 +45,30 @@ impl HealthState {
         Arc::new(HealthState {
             stop_on_defrag,
             defrags_running: AtomicUsize::new(0),
+            serving: AtomicBool::new(false),
             changed: Event::new(),
         })
+    }
+
+    /// The member serves clients from now on (called once, when it is ready).
+    pub fn mark_serving(&self) {
+        self.serving.store(true, Ordering::Release);
+        self.changed.notify(usize::MAX);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Waits until the member serves clients.
+    pub async fn wait_serving(&self) {
+        while !self.is_serving() {
+            let listener = self.changed.listen();
+            if self.is_serving() {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// The status of `service`, or None for a service this server does not know.
@@ -150,6 +177,20 @@ impl proto::grpc_health_v1::health_server::Health for HealthService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_wait_until_the_member_serves() {
+        let state = HealthState::new(false);
+        let waiting = std::thread::spawn({
+            let state = state.clone();
+            move || futures::executor::block_on(state.wait_serving())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiting.is_finished());
+        state.mark_serving();
+        waiting.join().unwrap();
+        futures::executor::block_on(state.wait_serving());
+    }
 
     #[test]
     fn whole_server_serves_and_unknown_services_are_unknown() {

@@ -153,6 +153,25 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if self.ctx.health.is_serving() {
+            return self.route(req);
+        }
+        // As etcd: nothing is answered before the member is ready (WAL replayed, attributes
+        // published), or a client could read an older revision than it wrote before a restart.
+        let mut router = self.clone();
+        Box::pin(async move {
+            router.ctx.health.wait_serving().await;
+            router.route(req).await
+        })
+    }
+}
+
+impl Router {
+    fn route<B>(&mut self, req: http::Request<B>) -> BoxFuture
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
         let path = req.uri().path();
         if path.starts_with("/etcdserverpb.KV/") {
             let mut s = self.kv.clone();
