@@ -23,7 +23,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{b, each_shards, s, Server, ServerOpts};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use proto::etcdserverpb as pb;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -43,25 +43,28 @@ struct Watch {
 }
 
 impl Watch {
-    async fn open(channel: Channel) -> Watch {
-        let (requests, rx) = futures::channel::mpsc::channel(16);
+    /// Opens a stream with its first watch. The create request goes out before the call is
+    /// awaited: grpc-go (etcd) sends the response headers only with the first response.
+    async fn open(channel: Channel, first: pb::WatchCreateRequest) -> Watch {
+        let (mut requests, rx) = futures::channel::mpsc::channel(16);
+        requests
+            .send(pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(first)),
+            })
+            .await
+            .unwrap();
         let responses = pb::watch_client::WatchClient::new(channel)
             .watch(rx)
             .await
             .expect("watch")
             .into_inner();
-        Watch {
+        let mut watch = Watch {
             requests,
             responses,
-        }
-    }
-
-    async fn create(&mut self, req: pb::WatchCreateRequest) -> i64 {
-        self.send(pb::watch_request::RequestUnion::CreateRequest(req))
-            .await;
-        let created = self.next().await;
+        };
+        let created = watch.next().await;
         assert!(created.created, "not a created response: {created:?}");
-        created.watch_id
+        watch
     }
 
     async fn send(&mut self, union: pb::watch_request::RequestUnion) {
@@ -141,7 +144,9 @@ fn issue13766_no_lost_or_repeated_revision_after_crash_under_load() {
                             })
                             .await
                         {
-                            Ok(r) => done.push((key, value, r.into_inner().header.unwrap().revision)),
+                            Ok(r) => {
+                                done.push((key, value, r.into_inner().header.unwrap().revision))
+                            }
                             Err(_) => break,
                         }
                     }
@@ -184,7 +189,11 @@ fn issue13766_no_lost_or_repeated_revision_after_crash_under_load() {
         revisions.sort_unstable();
         let before = revisions.len();
         revisions.dedup();
-        assert_eq!(revisions.len(), before, "two acknowledged puts share a revision");
+        assert_eq!(
+            revisions.len(),
+            before,
+            "two acknowledged puts share a revision"
+        );
     }
     server.kill();
 }
@@ -198,8 +207,7 @@ fn issue13766_no_lost_or_repeated_revision_after_crash_under_load() {
 fn issue15220_progress_notification_never_overtakes_events() {
     each_shards(|shards| async move {
         let server = Server::start(shards);
-        let mut watch = Watch::open(channel(&server).await).await;
-        watch.create(from("p/", 1)).await;
+        let mut watch = Watch::open(channel(&server).await, from("p/", 1)).await;
         let writer = {
             let url = server.url();
             tokio::spawn(async move {
@@ -225,12 +233,18 @@ fn issue15220_progress_notification_never_overtakes_events() {
             let revision = r.header.as_ref().unwrap().revision;
             if r.events.is_empty() {
                 // A progress notification: everything up to `revision` has been sent.
-                assert!(revision >= last_event, "progress at {revision} after an event at {last_event}");
+                assert!(
+                    revision >= last_event,
+                    "progress at {revision} after an event at {last_event}"
+                );
                 progress_floor = progress_floor.max(revision);
             }
             for e in &r.events {
                 let rev = e.kv.as_ref().unwrap().mod_revision;
-                assert!(rev > progress_floor, "event at {rev} after a progress notification at {progress_floor}");
+                assert!(
+                    rev > progress_floor,
+                    "event at {rev} after a progress notification at {progress_floor}"
+                );
                 assert!(rev > last_event, "event at {rev} after one at {last_event}");
                 last_event = rev;
                 events += 1;
@@ -256,8 +270,7 @@ fn issue15271_resumed_watch_does_not_travel_back_in_time() {
         for i in 0..20 {
             client.put(&format!("t/{}", i % 3), &i.to_string()).await;
         }
-        let mut watch = Watch::open(channel(&server).await).await;
-        watch.create(from("t/", 1)).await;
+        let mut watch = Watch::open(channel(&server).await, from("t/", 1)).await;
         let mut last = 0;
         let mut seen = 0;
         while seen < 20 {
@@ -275,11 +288,13 @@ fn issue15271_resumed_watch_does_not_travel_back_in_time() {
         for i in 20..30 {
             client.put(&format!("t/{}", i % 3), &i.to_string()).await;
         }
-        let mut watch = Watch::open(channel(&server).await).await;
-        watch.create(from("t/", last + 1)).await;
+        let mut watch = Watch::open(channel(&server).await, from("t/", last + 1)).await;
         while seen < 30 {
             let r = watch.next().await;
-            assert!(r.header.unwrap().revision >= last, "a header older than the last event");
+            assert!(
+                r.header.unwrap().revision >= last,
+                "a header older than the last event"
+            );
             for e in r.events {
                 let rev = e.kv.unwrap().mod_revision;
                 assert!(rev > last, "event at {rev} again after {last}");
@@ -299,8 +314,7 @@ fn issue15271_resumed_watch_does_not_travel_back_in_time() {
 fn issue17529_starved_watch_loses_no_event() {
     each_shards(|shards| async move {
         let server = Server::start(shards);
-        let mut watch = Watch::open(channel(&server).await).await;
-        watch.create(from("s/", 0)).await;
+        let mut watch = Watch::open(channel(&server).await, from("s/", 0)).await;
         let start = server.client().await.revision().await;
         let puts = 2000;
         let mut writers = Vec::new();
@@ -309,7 +323,9 @@ fn issue17529_starved_watch_loses_no_event() {
             writers.push(tokio::spawn(async move {
                 let mut client = common::Client::connect(&url).await;
                 for i in 0..puts / 4 {
-                    client.put(&format!("s/{w}/{}", i % 10), &"x".repeat(200)).await;
+                    client
+                        .put(&format!("s/{w}/{}", i % 10), &"x".repeat(200))
+                        .await;
                 }
             }));
         }
@@ -351,16 +367,20 @@ fn issue18089_delete_at_the_compact_revision_is_delivered() {
                 .unwrap()
                 .revision;
             client.compact(deleted).await;
-            let mut watch = Watch::open(channel(&server).await).await;
-            watch
-                .create(pb::WatchCreateRequest {
+            let mut watch = Watch::open(
+                channel(&server).await,
+                pb::WatchCreateRequest {
                     key: b(&key),
                     start_revision: deleted,
                     ..Default::default()
-                })
-                .await;
+                },
+            )
+            .await;
             let r = watch.next().await;
-            assert_eq!(r.compact_revision, 0, "round {round}: the watch was refused as compacted");
+            assert_eq!(
+                r.compact_revision, 0,
+                "round {round}: the watch was refused as compacted"
+            );
             let e = &r.events[0];
             assert_eq!(e.r#type, proto::mvccpb::event::EventType::Delete as i32);
             assert_eq!(e.kv.as_ref().unwrap().mod_revision, deleted);
@@ -378,8 +398,22 @@ async fn setup_auth(server: &Server) -> String {
         vec!["user", "add", "root:rootpw"],
         vec!["user", "add", "alice:pw"],
         vec!["role", "add", "a"],
-        vec!["role", "grant-permission", "--prefix=true", "a", "readwrite", "a/"],
-        vec!["role", "grant-permission", "--prefix=true", "a", "read", "r/"],
+        vec![
+            "role",
+            "grant-permission",
+            "--prefix=true",
+            "a",
+            "readwrite",
+            "a/",
+        ],
+        vec![
+            "role",
+            "grant-permission",
+            "--prefix=true",
+            "a",
+            "read",
+            "r/",
+        ],
         vec!["user", "grant-role", "alice", "a"],
         vec!["put", "secret/k", "hidden"],
         vec!["put", "r/k", "readable"],
@@ -437,7 +471,11 @@ fn nested(ops: Vec<pb::RequestOp>) -> pb::RequestOp {
 
 fn denied<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>, what: &str) {
     let status = result.expect_err(what);
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{what}: {status:?}");
+    assert_eq!(
+        status.code(),
+        tonic::Code::PermissionDenied,
+        "{what}: {status:?}"
+    );
     assert_eq!(status.message(), "etcdserver: permission denied", "{what}");
 }
 
@@ -449,33 +487,81 @@ fn rbac_ops_inside_nested_txns_are_checked() {
         let mut kv = pb::kv_client::KvClient::new(channel(&server).await);
         let revision_before = {
             let r = kv
-                .range(with_token(&token, pb::RangeRequest { key: b("a/"), ..Default::default() }))
+                .range(with_token(
+                    &token,
+                    pb::RangeRequest {
+                        key: b("a/"),
+                        ..Default::default()
+                    },
+                ))
                 .await
                 .unwrap();
             r.into_inner().header.unwrap().revision
         };
         // A write and a read outside alice's range, one and two txns deep, in either branch.
         for (what, txn) in [
-            ("nested put", pb::TxnRequest { success: vec![nested(vec![op_put("secret/k", false)])], ..Default::default() }),
-            ("nested get", pb::TxnRequest { success: vec![nested(vec![op_get("secret/k")])], ..Default::default() }),
-            ("doubly nested put", pb::TxnRequest { failure: vec![nested(vec![nested(vec![op_put("secret/x", false)])])], ..Default::default() }),
-            ("nested put to a read-only range", pb::TxnRequest { success: vec![op_put("a/ok", false), nested(vec![op_put("r/k", false)])], ..Default::default() }),
+            (
+                "nested put",
+                pb::TxnRequest {
+                    success: vec![nested(vec![op_put("secret/k", false)])],
+                    ..Default::default()
+                },
+            ),
+            (
+                "nested get",
+                pb::TxnRequest {
+                    success: vec![nested(vec![op_get("secret/k")])],
+                    ..Default::default()
+                },
+            ),
+            (
+                "doubly nested put",
+                pb::TxnRequest {
+                    failure: vec![nested(vec![nested(vec![op_put("secret/x", false)])])],
+                    ..Default::default()
+                },
+            ),
+            (
+                "nested put to a read-only range",
+                pb::TxnRequest {
+                    success: vec![op_put("a/ok", false), nested(vec![op_put("r/k", false)])],
+                    ..Default::default()
+                },
+            ),
         ] {
             denied(kv.txn(with_token(&token, txn)).await, what);
         }
         // Nothing changed: no revision consumed, the secret intact.
         let r = kv
-            .range(with_token(&token, pb::RangeRequest { key: b("a/"), ..Default::default() }))
+            .range(with_token(
+                &token,
+                pb::RangeRequest {
+                    key: b("a/"),
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap()
             .into_inner();
         assert_eq!(r.header.unwrap().revision, revision_before);
-        let out = server.etcdctl(&["--user", "root:rootpw", "get", "secret/k", "--print-value-only"]);
+        let out = server.etcdctl(&[
+            "--user",
+            "root:rootpw",
+            "get",
+            "secret/k",
+            "--print-value-only",
+        ]);
         assert_eq!(out.ok().trim(), "hidden");
         // A nested txn inside alice's range is allowed.
-        kv.txn(with_token(&token, pb::TxnRequest { success: vec![nested(vec![op_put("a/1", false)])], ..Default::default() }))
-            .await
-            .expect("a nested txn within the permitted range");
+        kv.txn(with_token(
+            &token,
+            pb::TxnRequest {
+                success: vec![nested(vec![op_put("a/1", false)])],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a nested txn within the permitted range");
     });
 }
 
@@ -484,28 +570,72 @@ fn rbac_prev_kv_needs_read_permission() {
     each_shards(|shards| async move {
         let server = Server::start(shards);
         server.etcdctl(&["role", "add", "w"]).ok();
-        server.etcdctl(&["role", "grant-permission", "--prefix=true", "w", "write", "w/"]).ok();
+        server
+            .etcdctl(&[
+                "role",
+                "grant-permission",
+                "--prefix=true",
+                "w",
+                "write",
+                "w/",
+            ])
+            .ok();
         server.etcdctl(&["put", "w/k", "old-secret"]).ok();
         let token = setup_auth_with_writer(&server).await;
         let mut kv = pb::kv_client::KvClient::new(channel(&server).await);
         denied(
-            kv.put(with_token(&token, pb::PutRequest { key: b("w/k"), value: b("new"), prev_kv: true, ..Default::default() })).await,
+            kv.put(with_token(
+                &token,
+                pb::PutRequest {
+                    key: b("w/k"),
+                    value: b("new"),
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            ))
+            .await,
             "put with prev_kv on a write-only key",
         );
         denied(
-            kv.delete_range(with_token(&token, pb::DeleteRangeRequest { key: b("w/k"), prev_kv: true, ..Default::default() })).await,
+            kv.delete_range(with_token(
+                &token,
+                pb::DeleteRangeRequest {
+                    key: b("w/k"),
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            ))
+            .await,
             "delete with prev_kv on a write-only key",
         );
         denied(
-            kv.txn(with_token(&token, pb::TxnRequest { success: vec![op_put("w/k", true)], ..Default::default() })).await,
+            kv.txn(with_token(
+                &token,
+                pb::TxnRequest {
+                    success: vec![op_put("w/k", true)],
+                    ..Default::default()
+                },
+            ))
+            .await,
             "txn put with prev_kv on a write-only key",
         );
         let out = server.etcdctl(&["--user", "root:rootpw", "get", "w/k", "--print-value-only"]);
-        assert_eq!(out.ok().trim(), "old-secret", "a refused write changed the key");
+        assert_eq!(
+            out.ok().trim(),
+            "old-secret",
+            "a refused write changed the key"
+        );
         // Without prev_kv the write is allowed.
-        kv.put(with_token(&token, pb::PutRequest { key: b("w/k"), value: b("new"), ..Default::default() }))
-            .await
-            .expect("a plain put with write permission");
+        kv.put(with_token(
+            &token,
+            pb::PutRequest {
+                key: b("w/k"),
+                value: b("new"),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a plain put with write permission");
     });
 }
 
@@ -520,7 +650,10 @@ async fn setup_auth_with_writer(server: &Server) -> String {
         server.etcdctl(&args).ok();
     }
     pb::auth_client::AuthClient::new(channel(server).await)
-        .authenticate(pb::AuthenticateRequest { name: "bob".into(), password: "pw".into() })
+        .authenticate(pb::AuthenticateRequest {
+            name: "bob".into(),
+            password: "pw".into(),
+        })
         .await
         .expect("bob authenticates")
         .into_inner()
@@ -535,24 +668,42 @@ fn rbac_lease_keys_and_revoke_need_permission_on_the_keys() {
         // "lease 694d... granted with TTL(600s)"
         let id_hex = out.split_whitespace().nth(1).unwrap().to_string();
         let id = i64::from_str_radix(&id_hex, 16).unwrap();
-        server.etcdctl(&["put", "secret/leased", "v", "--lease", &id_hex]).ok();
+        server
+            .etcdctl(&["put", "secret/leased", "v", "--lease", &id_hex])
+            .ok();
         let token = setup_auth(&server).await;
         let mut lease = pb::lease_client::LeaseClient::new(channel(&server).await);
         // CVE-2023-32082: TimeToLive with keys named a key alice may not read.
         denied(
-            lease.lease_time_to_live(with_token(&token, pb::LeaseTimeToLiveRequest { id, keys: true })).await,
+            lease
+                .lease_time_to_live(with_token(
+                    &token,
+                    pb::LeaseTimeToLiveRequest { id, keys: true },
+                ))
+                .await,
             "LeaseTimeToLive with keys",
         );
         // Revoking would delete a key alice may not write.
         denied(
-            lease.lease_revoke(with_token(&token, pb::LeaseRevokeRequest { id })).await,
+            lease
+                .lease_revoke(with_token(&token, pb::LeaseRevokeRequest { id }))
+                .await,
             "LeaseRevoke of a lease holding another's key",
         );
-        let out = server.etcdctl(&["--user", "root:rootpw", "get", "secret/leased", "--print-value-only"]);
+        let out = server.etcdctl(&[
+            "--user",
+            "root:rootpw",
+            "get",
+            "secret/leased",
+            "--print-value-only",
+        ]);
         assert_eq!(out.ok().trim(), "v", "the refused revoke deleted the key");
         // Without keys the TTL query is allowed.
         let ttl = lease
-            .lease_time_to_live(with_token(&token, pb::LeaseTimeToLiveRequest { id, keys: false }))
+            .lease_time_to_live(with_token(
+                &token,
+                pb::LeaseTimeToLiveRequest { id, keys: false },
+            ))
             .await
             .expect("LeaseTimeToLive without keys")
             .into_inner();
@@ -570,7 +721,11 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .expect("running openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -585,32 +740,125 @@ fn crl_revoked_client_certificate_is_refused_on_grpc_gateway_and_http() {
          [ext]\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .unwrap();
-    openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test ca"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test ca",
+        ],
+    );
     for name in ["server", "good", "revoked"] {
-        openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-        openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "2", "-extfile", "ca.cnf", "-extensions", "ext"]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                "ca.cnf",
+                "-extensions",
+                "ext",
+            ],
+        );
     }
-    openssl(dir, &["ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-revoke", "revoked.crt"]);
-    openssl(dir, &["ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-gencrl", "-out", "revoked.crl"]);
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-config",
+            "ca.cnf",
+            "-keyfile",
+            "ca.key",
+            "-cert",
+            "ca.crt",
+            "-revoke",
+            "revoked.crt",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-config",
+            "ca.cnf",
+            "-keyfile",
+            "ca.key",
+            "-cert",
+            "ca.crt",
+            "-gencrl",
+            "-out",
+            "revoked.crl",
+        ],
+    );
     let path = |n: &str| dir.join(n).display().to_string();
 
     let port = common::free_port();
     let url = format!("https://127.0.0.1:{port}");
     let mut server = ServerOpts::new(1)
-        .arg("--listen-client-urls").arg(url.clone())
-        .arg("--advertise-client-urls").arg(url.clone())
-        .arg("--cert-file").arg(path("server.crt"))
-        .arg("--key-file").arg(path("server.key"))
-        .arg("--trusted-ca-file").arg(path("ca.crt"))
+        .arg("--listen-client-urls")
+        .arg(url.clone())
+        .arg("--advertise-client-urls")
+        .arg(url.clone())
+        .arg("--cert-file")
+        .arg(path("server.crt"))
+        .arg("--key-file")
+        .arg(path("server.key"))
+        .arg("--trusted-ca-file")
+        .arg(path("ca.crt"))
         .arg("--client-cert-auth")
-        .arg("--client-crl-file").arg(path("revoked.crl"))
+        .arg("--client-crl-file")
+        .arg(path("revoked.crl"))
         .start();
     let ctl = |cert: &str, args: &[&str]| {
         let mut all = vec![
-            "--cacert".to_string(), path("ca.crt"),
-            "--cert".to_string(), path(&format!("{cert}.crt")),
-            "--key".to_string(), path(&format!("{cert}.key")),
+            "--cacert".to_string(),
+            path("ca.crt"),
+            "--cert".to_string(),
+            path(&format!("{cert}.crt")),
+            "--key".to_string(),
+            path(&format!("{cert}.key")),
             "--dial-timeout=3s".to_string(),
+            "--command-timeout=3s".to_string(),
         ];
         all.extend(args.iter().map(|a| a.to_string()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -618,7 +866,17 @@ fn crl_revoked_client_certificate_is_refused_on_grpc_gateway_and_http() {
     };
     let curl = |cert: &str, path_and_body: (&str, Option<&str>)| {
         let mut cmd = std::process::Command::new("curl");
-        cmd.args(["-sS", "--max-time", "5", "--cacert", &path("ca.crt"), "--cert", &path(&format!("{cert}.crt")), "--key", &path(&format!("{cert}.key"))]);
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &path("ca.crt"),
+            "--cert",
+            &path(&format!("{cert}.crt")),
+            "--key",
+            &path(&format!("{cert}.key")),
+        ]);
         if let Some(body) = path_and_body.1 {
             cmd.args(["-X", "POST", "-d", body]);
         }
@@ -628,17 +886,38 @@ fn crl_revoked_client_certificate_is_refused_on_grpc_gateway_and_http() {
     // The good certificate works on every path.
     ctl("good", &["put", "k", "v"]).ok();
     let out = curl("good", ("/v3/kv/range", Some(r#"{"key":"aw=="}"#)));
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"kvs\""), "gateway with the good cert: {out:?}");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"kvs\""),
+        "gateway with the good cert: {out:?}"
+    );
     let out = curl("good", ("/health", None));
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"health\""), "/health with the good cert: {out:?}");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"health\""),
+        "/health with the good cert: {out:?}"
+    );
     // The revoked one on none, however often it tries (no session resumption bypass).
     for _ in 0..3 {
-        assert!(!ctl("revoked", &["get", "k"]).status.success(), "gRPC with a revoked certificate");
-        assert!(!ctl("revoked", &["put", "k", "stolen"]).status.success(), "gRPC write with a revoked certificate");
-        let out = curl("revoked", ("/v3/kv/put", Some(r#"{"key":"aw==","value":"c3RvbGVu"}"#)));
-        assert!(!out.status.success(), "gateway write with a revoked certificate: {out:?}");
+        assert!(
+            !ctl("revoked", &["get", "k"]).status.success(),
+            "gRPC with a revoked certificate"
+        );
+        assert!(
+            !ctl("revoked", &["put", "k", "stolen"]).status.success(),
+            "gRPC write with a revoked certificate"
+        );
+        let out = curl(
+            "revoked",
+            ("/v3/kv/put", Some(r#"{"key":"aw==","value":"c3RvbGVu"}"#)),
+        );
+        assert!(
+            !out.status.success(),
+            "gateway write with a revoked certificate: {out:?}"
+        );
         let out = curl("revoked", ("/health", None));
-        assert!(!out.status.success(), "/health with a revoked certificate: {out:?}");
+        assert!(
+            !out.status.success(),
+            "/health with a revoked certificate: {out:?}"
+        );
     }
     let value = ctl("good", &["get", "k", "--print-value-only"]);
     assert_eq!(value.ok().trim(), "v", "a refused client changed the key");

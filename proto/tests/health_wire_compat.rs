@@ -54,7 +54,10 @@ fn ours() -> FileDescriptorProto {
 
 /// Everything of a file that reaches the wire or the generated API, as text lines.
 fn shape(f: &FileDescriptorProto) -> Vec<String> {
-    let mut lines = vec![format!("package {}", f.package()), format!("syntax {}", f.syntax())];
+    let mut lines = vec![
+        format!("package {}", f.package()),
+        format!("syntax {}", f.syntax()),
+    ];
     for m in &f.message_type {
         for field in &m.field {
             lines.push(format!(
@@ -70,7 +73,13 @@ fn shape(f: &FileDescriptorProto) -> Vec<String> {
         }
         for e in &m.enum_type {
             for v in &e.value {
-                lines.push(format!("enum {}.{} {} = {}", m.name(), e.name(), v.name(), v.number()));
+                lines.push(format!(
+                    "enum {}.{} {} = {}",
+                    m.name(),
+                    e.name(),
+                    v.name(),
+                    v.number()
+                ));
             }
         }
     }
@@ -80,9 +89,17 @@ fn shape(f: &FileDescriptorProto) -> Vec<String> {
                 "service {} rpc {}({}{}) returns ({}{})",
                 s.name(),
                 method.name(),
-                if method.client_streaming() { "stream " } else { "" },
+                if method.client_streaming() {
+                    "stream "
+                } else {
+                    ""
+                },
                 method.input_type(),
-                if method.server_streaming() { "stream " } else { "" },
+                if method.server_streaming() {
+                    "stream "
+                } else {
+                    ""
+                },
                 method.output_type()
             ));
         }
