@@ -62,7 +62,7 @@ fn fuzz_target<S: Strategy>(
             failure_persistence: None,
             ..Config::default()
         });
-        let result = runner.run(&strategy, |input| property(input));
+        let result = runner.run(&strategy, &property);
         executions += u64::from(batch);
         if let Err(e) = result {
             panic!("fuzz target {name} failed after {executions} executions: {e}");
@@ -385,14 +385,18 @@ fn wal_file() -> impl Strategy<Value = Vec<u8>> {
                     cluster_id,
                 },
             );
-            let mut hard_state = raft::eraftpb::HardState::default();
-            hard_state.term = 1;
+            let hard_state = raft::eraftpb::HardState {
+                term: 1,
+                ..Default::default()
+            };
             wal::frame_hard_state(&mut out, &hard_state);
             for (i, (term, req)) in entries.iter().enumerate() {
-                let mut e = raft::eraftpb::Entry::default();
-                e.index = i as u64 + 1;
-                e.term = *term;
-                e.data = codec::encode(i as u64, req).into();
+                let e = raft::eraftpb::Entry {
+                    index: i as u64 + 1,
+                    term: *term,
+                    data: codec::encode(i as u64, req).into(),
+                    ..Default::default()
+                };
                 wal::frame_entry(&mut out, &e);
             }
             out
