@@ -1,5 +1,7 @@
 //! Compiles `etcd/**/*.proto` with protox (pure Rust, no system `protoc`) and
-//! generates prost messages plus tonic server and client stubs.
+//! generates prost messages plus tonic server and client stubs; compiles rusd's own peer
+//! protocol (`peer/rusdpeer.proto`) into plain prost messages, kept out of the etcd
+//! descriptor set.
 
 use std::path::PathBuf;
 
@@ -16,6 +18,8 @@ const PROTOS: &[&str] = &[
 /// gRPC's own protos (the health service etcd registers on its client port), under
 /// `third_party/`.
 const GRPC_PROTOS: &[&str] = &["third_party/grpc/health/v1/health.proto"];
+/// rusd's own peer protocol (docs/peer-protocol.md).
+const PEER_PROTO: &str = "peer/rusdpeer.proto";
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR not set"));
@@ -53,4 +57,19 @@ fn main() {
         .bytes(".")
         .compile_fds(fds)
         .expect("tonic-prost-build codegen");
+
+    // The peer protocol: messages only (no services), in its own descriptor set so the
+    // gateway's and the wire-compat test's view of etcd's packages stays exactly etcd's.
+    println!("cargo:rerun-if-changed={PEER_PROTO}");
+    let peer_fds = match protox::compile([PEER_PROTO.strip_prefix("peer/").unwrap()], ["peer"]) {
+        Ok(fds) => fds,
+        Err(e) => panic!("failed to compile the peer protocol: {e:?}"),
+    };
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .build_transport(false)
+        .bytes(".")
+        .compile_fds(peer_fds)
+        .expect("peer protocol codegen");
 }

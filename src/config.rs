@@ -1,19 +1,28 @@
 //! Command line, environment and config-file handling, compatible with etcd v3.5.17.
 //!
-//! etcd parses its flags with Go's `flag` package, so this module does the same by hand, driven
-//! by one table ([`FLAGS`]) that lists every flag with its kind and default:
-//! - `-x` and `--x` are the same flag; `--x=v` or `--x v` give a value; a boolean flag never
-//!   takes the next argument (`--x`, `--x=true`, `--x=false`); a flag may repeat and the last
-//!   one wins; `--` ends the flags; the first non-flag argument ends the flags too, and etcd
-//!   then refuses it ("'x' is not a valid flag").
+//! The command line is built on clap from one table ([`FLAGS`]) that lists every server flag
+//! with its kind, default and status ([`server_command`]); the `gateway` and `grpc-proxy`
+//! subcommands have their own tables and clap command in `config/proxy.rs`. etcd parses the
+//! server's flags with Go's `flag` package, and clap is configured to keep its rules:
+//! - `--x=v` or `--x v`; a boolean flag takes an optional value that must be attached
+//!   (`--x`, `--x=true`, `--x=false`; clap's `require_equals` + `default_missing_value`); the
+//!   last of a repeated flag wins (`args_override_self`); each value is parsed by etcd's own
+//!   rules in a clap value parser and refused with Go's texts ("invalid value \"x\" for flag
+//!   -name: parse error", "flag provided but not defined: -x", "flag needs an argument: -x").
+//! - What clap cannot express is done before clap sees the arguments, in
+//!   [`normalize_go_args`]: Go's single-dash long form (`-name`), the first non-flag argument
+//!   ending the flags (etcd then refuses it: "'x' is not a valid flag"), a separate value taken
+//!   whatever it looks like (`--name --x`), and Go's "bad flag syntax" cases.
 //! - `ETCD_<FLAG>` environment variables (dashes become underscores, uppercase) set flags that
-//!   were not given on the command line. One given both ways is a fatal conflict, as in etcd.
-//!   Unknown `ETCD_*` variables are ignored with a warning.
+//!   were not given on the command line; their values go through the same clap value parsers.
+//!   One given both ways is a fatal conflict, as in etcd. Unknown `ETCD_*` variables are
+//!   ignored with a warning ([`apply_env`] says why this is not clap's `Arg::env`).
 //! - `--config-file` (or `ETCD_CONFIG_FILE`) loads etcd's YAML file format instead, and then
 //!   every other flag and `ETCD_*` variable is ignored, as in etcd.
 //! - rusd's own flag `--shards N` (env `RUSD_SHARDS`) applies in every mode.
 //!
-//! [`parse_command`] returns a typed [`Config`] with etcd's names in snake_case.
+//! [`parse_command`] returns a typed [`Config`] with etcd's names in snake_case, or the
+//! configuration of a proxy subcommand.
 
 // An API surface for the whole server: not every item is used yet.
 #![allow(dead_code)]
@@ -25,6 +34,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::logging::LogLevel;
+
+mod proxy;
+pub use proxy::{proxy_command, GatewayConfig, GrpcProxyConfig, GATEWAY_FLAGS, GRPC_PROXY_FLAGS};
 
 /// The etcd version we present.
 pub const ETCD_VERSION: &str = "3.5.17";
@@ -70,8 +82,10 @@ pub enum Command {
     Version,
     /// Print the text to stdout and exit 0 (`-h`, `--help`).
     Help(String),
-    /// A mode rusd does not implement (`gateway`, `grpc-proxy` subcommands): the name.
-    Unsupported(String),
+    /// `etcd gateway start`: the TCP proxy.
+    Gateway(GatewayConfig),
+    /// `etcd grpc-proxy start`: the gRPC proxy.
+    GrpcProxy(Box<GrpcProxyConfig>),
 }
 
 /// Why the command line could not be used. See [`ConfigError::exit_code`] and
@@ -90,6 +104,14 @@ pub enum ConfigError {
     /// fatal line with the variable in the field `environment-variable` and exits 1.
     #[error("conflicting environment variable is shadowed by corresponding command-line flag (either unset environment variable or disable flag))")]
     ShadowedEnv(String),
+    /// A cobra/pflag error of the `gateway` and `grpc-proxy` subcommands ("unknown flag:
+    /// --x"). etcd (cobra) prints `Error: <this>` and a usage hint to stderr and exits 1.
+    #[error("{0}")]
+    Subcommand(String),
+    /// A subcommand's flags parsed but are not usable (etcd's `checkArgs`): printed to stderr
+    /// as is, exit 1.
+    #[error("{0}")]
+    Proxy(String),
 }
 
 impl ConfigError {
@@ -116,6 +138,17 @@ impl ConfigError {
                     "failed to verify flags",
                     &[("error", serde_json::Value::String(msg.clone()))],
                 );
+            }
+            ConfigError::Subcommand(msg) => {
+                use std::io::Write;
+                let _ = write!(
+                    std::io::stderr(),
+                    "Error: {msg}\nRun 'etcd gateway start --help' or 'etcd grpc-proxy start --help' for usage.\n"
+                );
+            }
+            ConfigError::Proxy(msg) => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "{msg}");
             }
             ConfigError::ShadowedEnv(var) => {
                 crate::logging::log(
@@ -774,27 +807,13 @@ pub fn flag_to_env(name: &str) -> String {
 
 /// The short usage text etcd prints on a flag error.
 pub fn usage_text() -> String {
-    "Usage:\n\n  etcd [flags]\n    Start an etcd server.\n\n  etcd --version\n    Show the version of etcd.\n\n  etcd -h | --help\n    Show the help information about etcd.\n\n  etcd --config-file\n    Path to the server configuration file. Other flags and environment variables are then ignored.\n\n  etcd gateway\n    Run the stateless pass-through etcd TCP connection forwarding proxy (not supported by rusd).\n\n  etcd grpc-proxy\n    Run the stateless etcd v3 gRPC L7 reverse proxy (not supported by rusd).\n".to_string()
+    "Usage:\n\n  etcd [flags]\n    Start an etcd server.\n\n  etcd --version\n    Show the version of etcd.\n\n  etcd -h | --help\n    Show the help information about etcd.\n\n  etcd --config-file\n    Path to the server configuration file. Other flags and environment variables are then ignored.\n\n  etcd gateway\n    Run the stateless pass-through etcd TCP connection forwarding proxy.\n\n  etcd grpc-proxy\n    Run the stateless etcd v3 gRPC L7 reverse proxy.\n".to_string()
 }
 
-/// The `--help` text: usage, then every flag by group with its default.
+/// The `--help` text: clap's rendering of [`server_command`] (every flag by group, with its
+/// default and its `ETCD_*` variable).
 pub fn help_text() -> String {
-    let mut out = usage_text();
-    let mut groups: Vec<&str> = Vec::new();
-    for s in FLAGS {
-        if !groups.contains(&s.group) && s.group != G_IGN && s.group != G_FILE {
-            groups.push(s.group);
-        }
-    }
-    for g in groups {
-        out.push('\n');
-        out.push_str(g);
-        out.push_str(":\n");
-        for s in FLAGS.iter().filter(|s| s.group == g) {
-            out.push_str(&format!("  --{} '{}'\n    {}\n", s.name, s.default, s.help));
-        }
-    }
-    out
+    server_command().render_help().to_string()
 }
 
 /// docs/flags.md, generated from the flag table.
@@ -835,6 +854,21 @@ kept in `Config`, but the server does not act on it yet.\n\n");
             status
         ));
     }
+    out.push_str("\n## `etcd gateway start`\n\n");
+    out.push_str("The TCP proxy (`src/proxy/tcp.rs`). Its flags follow cobra's syntax (`--x=v` or `--x v`, \
+no single-dash long form, `--endpoints` accumulates over repeats), may stand before or after `start`, \
+and read no `ETCD_*` variables, as in etcd.\n\n");
+    out.push_str(&proxy::markdown_rows(GATEWAY_FLAGS));
+    out.push_str("\n## `etcd grpc-proxy start`\n\n");
+    out.push_str("The gRPC proxy (`src/proxy/grpc.rs`), same syntax as the gateway's. It serves KV, Watch, \
+Lease, Cluster, Maintenance, Auth, Election and Lock by forwarding to the endpoints. Done as etcd's \
+proxy does: many client watchers of the same key or range share one upstream watch (coalescing), \
+serializable ranges are answered from a bounded cache (2048 entries, LRU; entries a write through \
+the proxy touches are dropped, keyed by the caller's auth token too), MemberList answers the \
+proxy itself (or the proxies registered under `--resolver-prefix`). Not done: DNS SRV discovery, \
+lease keep-alive coalescing (keep-alives are forwarded one stream per client stream), watch \
+requests with a client-chosen watch ID or fragmenting (refused as etcd's proxy does: it ignores them).\n\n");
+    out.push_str(&proxy::markdown_rows(GRPC_PROXY_FLAGS));
     out
 }
 
@@ -1032,78 +1066,240 @@ enum FlagParse {
     Help,
 }
 
-/// Go's `flag.FlagSet.Parse` over `args` (without the program name).
-fn parse_go_flags(fs: &mut FlagSet, args: &[String]) -> Result<FlagParse, ConfigError> {
+/// A flag value that did not parse: the value and the reason, as Go's `flag.Value.Set` gives
+/// it. Returned by the clap value parsers so the caller can word the error as Go's `flag`
+/// package (command line) or etcd's `SetFlagsFromEnv` (environment) does.
+#[derive(Debug)]
+struct GoValueError {
+    value: String,
+    reason: String,
+    boolean: bool,
+}
+
+impl fmt::Display for GoValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for GoValueError {}
+
+/// The clap argument of one row of [`FLAGS`]. Every flag is a long option; a boolean takes an
+/// optional value that must be attached with `=` (`--x`, `--x=false`), as Go's bool flags do;
+/// any other flag takes one value. The value parser runs etcd's own parsing of the kind
+/// ([`set_val`]) on each occurrence, so a bad value fails where Go fails, with Go's reason, and
+/// hands the validated text on; [`Config`] is built from those texts by [`build`].
+fn go_flag_arg(spec: &'static FlagSpec) -> clap::Arg {
+    use clap::{Arg, ArgAction};
+    let kind = spec.kind;
+    let boolean = matches!(kind, Bool | Ignored);
+    let parser = move |s: &str| -> Result<String, GoValueError> {
+        let mut v = initial_val(kind);
+        set_val(&mut v, kind, s)
+            .map(|()| s.to_string())
+            .map_err(|reason| GoValueError {
+                value: s.to_string(),
+                reason,
+                boolean,
+            })
+    };
+    let mut help = spec.help.to_string();
+    if spec.group != G_RUSD && spec.name != "version" {
+        help.push_str(&format!(" [env: {}]", flag_to_env(spec.name)));
+    }
+    let mut arg = Arg::new(spec.name)
+        .long(spec.name)
+        .help(help)
+        .help_heading(spec.group)
+        .value_parser(parser)
+        .hide(spec.group == G_IGN);
+    // Kinds whose occurrences accumulate (etcd's SelectiveStringsValue, the CORS `*`) keep
+    // every occurrence; every other flag keeps the last one (the command's args_override_self).
+    arg = if matches!(kind, SelectMulti(_) | Cors) {
+        arg.action(ArgAction::Append)
+    } else {
+        arg.action(ArgAction::Set)
+    };
+    if boolean {
+        arg = arg
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true")
+            .value_name("BOOL");
+    } else {
+        arg = arg.num_args(1).value_name("VALUE");
+    }
+    if !spec.default.is_empty() {
+        arg = arg.default_value(spec.default);
+    }
+    arg
+}
+
+/// The server's command line on clap: every row of [`FLAGS`], `-h/--help`, and the arguments
+/// after the flags (which etcd refuses).
+pub fn server_command() -> clap::Command {
+    use clap::{Arg, ArgAction, Command};
+    let mut cmd = Command::new("etcd")
+        .about("Start an etcd server (rusd: etcd v3.5.17 compatible).")
+        .override_usage(
+            "etcd [flags]\n       etcd --version\n       etcd -h | --help\n       etcd gateway start [flags]\n       etcd grpc-proxy start [flags]",
+        )
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .args_override_self(true)
+        .next_line_help(true)
+        .after_help(
+            "Subcommands (see `etcd gateway start --help`, `etcd grpc-proxy start --help`):\n  \
+             gateway start      the stateless TCP proxy with endpoint failover\n  \
+             grpc-proxy start   the stateless etcd v3 gRPC proxy (watch coalescing, range cache)",
+        );
+    for spec in FLAGS.iter().filter(|s| s.group != G_FILE) {
+        cmd = cmd.arg(go_flag_arg(spec));
+    }
+    cmd.arg(
+        Arg::new("help")
+            .long("help")
+            .alias("h")
+            .help("Print this help.")
+            .value_name("BOOL")
+            .action(ArgAction::Set)
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true"),
+    )
+    .arg(
+        // normalize_go_args puts whatever follows the flags after `--`.
+        Arg::new(REST_ARG)
+            .num_args(1..)
+            .action(ArgAction::Append)
+            .hide(true),
+    )
+}
+
+/// The clap id of the arguments left after the flags.
+const REST_ARG: &str = "etcd-rest-arguments";
+
+/// Go's `flag` syntax that clap cannot express, applied before clap sees the arguments:
+/// - a long flag may be written with one dash (`-name`); clap needs two;
+/// - the first non-flag argument ends the flags, and so does `--` (clap would go on parsing
+///   flags after a positional argument); everything from there is handed over after `--`;
+/// - a value given as the next argument is taken whatever it looks like (`--name --x` names the
+///   member `--x`), so it is joined to its flag as `--name=--x`;
+/// - `---x`, `-=x` are syntax errors.
+///
+/// Which flags take a separate value comes from [`FLAGS`]; clap does all the rest (names,
+/// values, repeats, defaults, help).
+fn normalize_go_args(args: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::with_capacity(args.len() + 1);
     let mut i = 0;
     while i < args.len() {
         let s = &args[i];
         if s.len() < 2 || !s.starts_with('-') {
             break;
         }
-        let mut minuses = 1;
-        if s.as_bytes()[1] == b'-' {
-            minuses = 2;
-            if s.len() == 2 {
-                i += 1;
-                break;
-            }
+        let minuses = if s.as_bytes()[1] == b'-' { 2 } else { 1 };
+        if minuses == 2 && s.len() == 2 {
+            i += 1;
+            break;
         }
-        let mut name = &s[minuses..];
-        if name.is_empty() || name.starts_with('-') || name.starts_with('=') {
+        let body = &s[minuses..];
+        if body.is_empty() || body.starts_with('-') || body.starts_with('=') {
             return Err(ConfigError::Usage(format!("bad flag syntax: {s}")));
         }
         i += 1;
-        let mut value: Option<&str> = None;
-        if let Some(eq) = name.bytes().skip(1).position(|b| b == b'=') {
-            let eq = eq + 1;
-            value = Some(&name[eq + 1..]);
-            name = &name[..eq];
-        }
-        let Some(spec) = flag_spec(name) else {
-            if name == "help" || name == "h" {
-                return Ok(FlagParse::Help);
-            }
-            return Err(ConfigError::Usage(format!(
-                "flag provided but not defined: -{name}"
-            )));
+        let name = match body[1..].find('=') {
+            Some(eq) => &body[..eq + 1],
+            None => body,
         };
-        if matches!(spec.kind, Bool | Ignored) {
-            let v = value.unwrap_or("true");
-            if let Err(e) = fs.set_from_text(spec.name, v) {
-                return Err(ConfigError::Usage(match value {
-                    Some(_) => {
-                        format!("invalid boolean value {} for -{}: {}", go_quote(v), name, e)
-                    }
-                    None => format!("invalid boolean flag {name}: {e}"),
-                }));
-            }
+        let takes_separate_value = body.len() == name.len()
+            && flag_spec(name).is_some_and(|spec| !matches!(spec.kind, Bool | Ignored));
+        if takes_separate_value && i < args.len() {
+            out.push(format!("--{name}={}", args[i]));
+            i += 1;
         } else {
-            let v: &str = match value {
-                Some(v) => v,
-                None if i < args.len() => {
-                    i += 1;
-                    &args[i - 1]
-                }
-                None => {
-                    return Err(ConfigError::Usage(format!(
-                        "flag needs an argument: -{name}"
-                    )))
-                }
-            };
-            if let Err(e) = fs.set_from_text(spec.name, v) {
-                return Err(ConfigError::Usage(format!(
-                    "invalid value {} for flag -{}: {}",
-                    go_quote(v),
-                    name,
-                    e
-                )));
-            }
+            out.push(format!("--{body}"));
         }
-        fs.cmdline.insert(spec.name);
     }
-    Ok(FlagParse::Done {
-        rest: args[i..].to_vec(),
-    })
+    if i < args.len() {
+        out.push("--".to_string());
+        out.extend(args[i..].iter().cloned());
+    }
+    Ok(out)
+}
+
+/// The flag name of a clap error's argument (`--name=<VALUE>` → `name`).
+fn clap_error_flag(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let text = text.trim_start_matches('-');
+    let end = text.find(['=', ' ', '[', '<']).unwrap_or(text.len());
+    text[..end].to_string()
+}
+
+/// The [`GoValueError`] behind a clap error, if a value parser failed.
+fn go_value_error(e: &clap::Error) -> Option<&GoValueError> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<GoValueError>())
+}
+
+/// Go's `flag.FlagSet.Parse` over `args` (without the program name), on clap: the flags go
+/// into `fs`, the arguments after them are returned. Errors carry Go's texts.
+fn parse_go_flags(fs: &mut FlagSet, args: &[String]) -> Result<FlagParse, ConfigError> {
+    use clap::error::ErrorKind;
+    let normalized = normalize_go_args(args)?;
+    let matches = server_command()
+        .try_get_matches_from(std::iter::once("etcd".to_string()).chain(normalized))
+        .map_err(|e| {
+            let name = clap_error_flag(&e);
+            ConfigError::Usage(match (e.kind(), go_value_error(&e)) {
+                (_, Some(v)) if v.boolean => format!(
+                    "invalid boolean value {} for -{name}: {}",
+                    go_quote(&v.value),
+                    v.reason
+                ),
+                (_, Some(v)) => format!(
+                    "invalid value {} for flag -{name}: {}",
+                    go_quote(&v.value),
+                    v.reason
+                ),
+                (ErrorKind::UnknownArgument, None) => {
+                    format!("flag provided but not defined: -{name}")
+                }
+                (_, None) => format!("flag needs an argument: -{name}"),
+            })
+        })?;
+    if matches.value_source("help") == Some(clap::parser::ValueSource::CommandLine) {
+        return Ok(FlagParse::Help);
+    }
+    fold_matches(fs, &matches, true);
+    let rest = matches
+        .get_many::<String>(REST_ARG)
+        .map(|v| v.cloned().collect())
+        .unwrap_or_default();
+    Ok(FlagParse::Done { rest })
+}
+
+/// Copies the values clap took from the arguments (not its defaults) into `fs`, in the order
+/// given. `command_line` marks them as given on the command line (env values are not).
+fn fold_matches(fs: &mut FlagSet, matches: &clap::ArgMatches, command_line: bool) {
+    for spec in FLAGS.iter().filter(|s| s.group != G_FILE) {
+        if matches.value_source(spec.name) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        let Some(values) = matches.get_many::<String>(spec.name) else {
+            continue;
+        };
+        for v in values {
+            fs.set_from_text(spec.name, v)
+                .expect("clap's value parser accepted it");
+        }
+        if command_line {
+            fs.cmdline.insert(spec.name);
+        }
+    }
 }
 
 fn go_quote(s: &str) -> String {
@@ -1118,7 +1314,11 @@ fn env_lookup<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// etcd's `flags.SetFlagsFromEnv` + `verifyEnv`.
+/// etcd's `flags.SetFlagsFromEnv` + `verifyEnv`. The values go through the same clap command
+/// and value parsers as the command line (as `--flag=value` arguments). Reading the variables
+/// is ours, not clap's `Arg::env`: etcd's rules are not clap's (a variable set together with its
+/// flag is fatal, an empty one is ignored, unknown `ETCD_*` variables are logged, every used one
+/// is logged), and the environment is a parameter so tests need not change the process's.
 fn apply_env(fs: &mut FlagSet, env: &[(String, String)]) -> Result<(), ConfigError> {
     let mut used: BTreeSet<String> = BTreeSet::new();
     if let Some(v) = env_lookup(env, "ETCD_VERSION") {
@@ -1134,6 +1334,7 @@ fn apply_env(fs: &mut FlagSet, env: &[(String, String)]) -> Result<(), ConfigErr
         }
         used.insert("ETCD_VERSION".into());
     }
+    let command = server_command();
     for spec in FLAGS {
         if spec.group == G_RUSD || spec.group == G_FILE || spec.name == "version" {
             continue;
@@ -1149,14 +1350,21 @@ fn apply_env(fs: &mut FlagSet, env: &[(String, String)]) -> Result<(), ConfigErr
             continue;
         }
         used.insert(key.clone());
-        if let Err(e) = fs.set_from_text(spec.name, val) {
-            return Err(ConfigError::Invalid(format!(
-                "invalid value {} for {}: {}",
-                go_quote(val),
-                key,
-                e
-            )));
-        }
+        let matches = command
+            .clone()
+            .try_get_matches_from(["etcd".to_string(), format!("--{}={val}", spec.name)])
+            .map_err(|e| {
+                let reason = go_value_error(&e)
+                    .map(|v| v.reason.clone())
+                    .unwrap_or_else(|| e.kind().to_string());
+                ConfigError::Invalid(format!(
+                    "invalid value {} for {}: {}",
+                    go_quote(val),
+                    key,
+                    reason
+                ))
+            })?;
+        fold_matches(fs, &matches, false);
         fs.logs.push(StartupLog {
             level: LogLevel::Info,
             msg: "recognized and used environment variable".into(),
@@ -1214,9 +1422,11 @@ pub fn parse_command(args: &[OsString], env: &[(String, String)]) -> Result<Comm
             }
         }
     }
+    // As etcd's main: the proxies are subcommands with their own (cobra) flags; anything else
+    // is the server's Go-flag command line.
     if let Some(first) = sargs.first() {
         if first == "gateway" || first == "grpc-proxy" {
-            return Ok(Command::Unsupported(first.clone()));
+            return proxy::parse_proxy_command(&sargs);
         }
     }
 

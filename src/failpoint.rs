@@ -10,8 +10,8 @@
 
 /// A failpoint at etcd's name: does nothing unless the build has the `failpoints` feature and
 /// the failpoint was enabled (`PUT /<name>` on `GOFAIL_HTTP`, or `GOFAIL_FAILPOINTS`). Then it
-/// runs the enabled term on the calling thread: `panic` stops the process with exit code 2 (as
-/// a Go panic does), `sleep(N)` blocks the thread (an executor thread blocks its whole core,
+/// runs the enabled term on the calling thread: `panic` stops the process (rusd aborts on any
+/// panic, `server::stop_on_panic`, as a Go panic ends etcd), `sleep(N)` blocks the thread (an executor thread blocks its whole core,
 /// as gofail's sleep blocks etcd's goroutine), `return` and `print` change nothing here (etcd's
 /// failpoints at these names have no body).
 ///
@@ -146,7 +146,6 @@ pub fn init_from_env() -> Result<(), String> {
     let http = std::env::var("GOFAIL_HTTP").ok().filter(|s| !s.is_empty());
     #[cfg(feature = "failpoints")]
     {
-        enabled::install_panic_exit();
         if let Some(list) = failpoints {
             for (name, term) in terms::parse_list(&list)? {
                 if !is_known(&name) {

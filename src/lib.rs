@@ -14,6 +14,7 @@ pub mod ids;
 pub mod logging;
 pub mod net;
 pub mod peer;
+pub mod proxy;
 pub mod recovery;
 pub mod runtime;
 pub mod server;

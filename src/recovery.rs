@@ -26,22 +26,28 @@ pub fn recover_shards(
     state: Option<&mut CheckpointState>,
 ) -> anyhow::Result<RecoveredShards> {
     let checkpoint = state.as_ref().map_or(0, |s| s.raft_index);
-    let recorded = state.as_ref().map(|s| s.shard_count as usize);
-    if let (Some(state), Some(old)) = (state, recorded) {
-        if old != count {
-            repartition(data_dir, old, count, state)?;
+    let mut layout = checkpoint::default_layout(count);
+    if let Some(state) = state {
+        if state.shard_count as usize != count {
+            repartition(data_dir, count, state)?;
         }
+        layout = state.layout_name();
     }
-    // Directories of other shard counts: left over from a re-partition that finished, or
+    // Other layouts: left over from a re-partition or a snapshot install that finished, or
     // written before the first checkpoint by a run with another --shards (whose entries the
-    // WAL still holds). Nothing in them is needed.
-    remove_other_layouts(data_dir, count)?;
-    let logs = open_all(data_dir, count, checkpoint)?;
+    // WAL still holds), or a snapshot install that did not finish. Nothing in them is needed.
+    remove_other_layouts(data_dir, &layout)?;
+    let logs = open_all(data_dir, &layout, count, checkpoint)?;
     let mut lease_keys = Vec::new();
     let mut shards = Vec::with_capacity(count);
-    for (log, store) in logs {
+    for (index, (log, store)) in logs.into_iter().enumerate() {
         lease_keys.extend(store.leased_keys());
-        shards.push(Shard::new(store, log));
+        let root = data_dir.to_path_buf();
+        let opener: crate::runtime::shard::StorageOpener<FileStorage> =
+            Box::new(move |layout, shard| {
+                FileStorage::open(&checkpoint::shard_dir(&root, layout, shard))
+            });
+        shards.push(Shard::new(store, log, index, opener, SEGMENT_BYTES_MAX));
     }
     Ok(RecoveredShards { shards, lease_keys })
 }
@@ -50,10 +56,15 @@ type Opened = (SegmentLog<FileStorage>, MvccStore);
 
 /// Opens every shard's log at the checkpoint, one thread each: the index rebuild is the long
 /// part of a restart, and the shards are independent.
-fn open_all(data_dir: &Path, count: usize, checkpoint: u64) -> anyhow::Result<Vec<Opened>> {
+fn open_all(
+    data_dir: &Path,
+    layout: &str,
+    count: usize,
+    checkpoint: u64,
+) -> anyhow::Result<Vec<Opened>> {
     let threads: Vec<_> = (0..count)
         .map(|shard| {
-            let dir = checkpoint::shard_dir(data_dir, count, shard);
+            let dir = checkpoint::shard_dir(data_dir, layout, shard);
             std::thread::Builder::new()
                 .name(format!("rusd-recover-{shard}"))
                 .spawn(move || open_one(&dir, checkpoint))
@@ -92,7 +103,7 @@ fn has_segments(dir: &Path) -> bool {
     })
 }
 
-fn layout_dirs(data_dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
+fn layout_dirs(data_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let member = data_dir.join("member");
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(&member) {
@@ -103,21 +114,19 @@ fn layout_dirs(data_dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("shards-"))
-            .and_then(|n| n.parse().ok())
-        else {
+        let Some(name) = name.to_str() else {
             continue;
         };
-        out.push((n, entry.path()));
+        if checkpoint::layout_shard_count(name).is_some() {
+            out.push((name.to_string(), entry.path()));
+        }
     }
     Ok(out)
 }
 
-fn remove_other_layouts(data_dir: &Path, count: usize) -> anyhow::Result<()> {
-    for (n, dir) in layout_dirs(data_dir)? {
-        if n != count {
+fn remove_other_layouts(data_dir: &Path, keep: &str) -> anyhow::Result<()> {
+    for (name, dir) in layout_dirs(data_dir)? {
+        if name != keep {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
     }
@@ -128,12 +137,10 @@ fn remove_other_layouts(data_dir: &Path, count: usize) -> anyhow::Result<()> {
 /// shards retain is routed by key into new segment logs, which are synced before the
 /// checkpoint file is rewritten to name the new layout. A crash before that rewrite leaves the
 /// old layout in force (and the half-built new one is discarded at the next start).
-fn repartition(
-    data_dir: &Path,
-    old: usize,
-    new: usize,
-    state: &mut CheckpointState,
-) -> anyhow::Result<()> {
+fn repartition(data_dir: &Path, new: usize, state: &mut CheckpointState) -> anyhow::Result<()> {
+    let old = state.shard_count as usize;
+    let old_layout = state.layout_name();
+    let new_layout = checkpoint::default_layout(new);
     crate::log_info!(
         "re-partitioning the keyspace for a new shard count",
         "from-shards" => old,
@@ -141,12 +148,12 @@ fn repartition(
         "checkpoint-index" => state.raft_index
     );
     let checkpoint = state.raft_index;
-    let target_root = checkpoint::shards_root(data_dir, new);
+    let target_root = checkpoint::shards_root(data_dir, &new_layout);
     if target_root.exists() {
         std::fs::remove_dir_all(&target_root)
             .with_context(|| format!("removing {}", target_root.display()))?;
     }
-    let opened = open_all(data_dir, old, checkpoint)?;
+    let opened = open_all(data_dir, &old_layout, old, checkpoint)?;
     let compact_revision = opened
         .iter()
         .map(|(_, store)| store.compact_revision())
@@ -161,7 +168,7 @@ fn repartition(
     drop(opened);
     for (shard, mut events) in routed.into_iter().enumerate() {
         events.sort_by_key(|e| (e.kv.mod_revision, e.sub_revision));
-        let dir = checkpoint::shard_dir(data_dir, new, shard);
+        let dir = checkpoint::shard_dir(data_dir, &new_layout, shard);
         let storage =
             FileStorage::open(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let (mut log, _, _) = SegmentLog::open(storage, SEGMENT_BYTES_MAX)
@@ -192,6 +199,7 @@ fn repartition(
         log.sync()?;
     }
     state.shard_count = new as u32;
+    state.layout = new_layout;
     checkpoint::write(&checkpoint::checkpoint_dir(data_dir), state)?;
     Ok(())
 }

@@ -20,6 +20,7 @@ use crate::{api, coordinator, ids, logging, net, recovery, runtime};
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     logging::init(cfg.log_level, &cfg.log_outputs)?;
     crate::failpoint::init_from_env().map_err(|e| anyhow::anyhow!("failpoints: {e}"))?;
+    stop_on_panic();
     cfg.emit_startup_logs();
     cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
     log_info!(
@@ -161,9 +162,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         gateway_streams: api::gateway::StreamGate::new(cfg.max_concurrent_streams),
         cors: Arc::new(cfg.cors.clone()),
         health: api::health::HealthState::new(cfg.experimental_stop_grpc_service_on_defrag),
+        peers: Arc::new(std::sync::OnceLock::new()),
     };
 
     let listen_plan = net::ListenPlan::new(&cfg)?;
+    // After the listen plan, which checks the peer TLS flags and makes --peer-auto-tls's
+    // certificate.
+    let peer_options =
+        crate::peer::PeerOptions::from_config(&cfg, metadata.member_id, metadata.cluster_id)
+            .context("configuring the peer transport")?;
 
     let (serving_tx, serving_rx) = oneshot::channel();
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
@@ -218,6 +225,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         },
     };
     let mut coordinator_parts = Some(CoordinatorParts {
+        peer_options,
+        peer_slot: ctx.peers.clone(),
         recovered,
         restored,
         wal_dir: wal_dir.clone(),
@@ -333,8 +342,22 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 }
 
+/// A panic anywhere ends the process. Without this a panicking task would end only its
+/// executor's thread, and the member would live on answering nothing (a shard gone, or the
+/// raft node): its supervisor would not restart it and its peers would not see it gone.
+fn stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        log_error!("rusd panicked; stopping", "panic" => info.to_string());
+        std::process::abort();
+    }));
+}
+
 /// Everything core 0 needs to start the coordinator's three tasks.
 struct CoordinatorParts {
+    peer_options: crate::peer::PeerOptions,
+    peer_slot: Arc<std::sync::OnceLock<crate::peer::PeerClient>>,
     recovered: wal::Recovered,
     restored: Restored,
     wal_dir: std::path::PathBuf,
@@ -387,6 +410,8 @@ fn start_coordinator(
             .detach();
         };
     let CoordinatorParts {
+        peer_options,
+        peer_slot,
         recovered,
         restored,
         wal_dir,
@@ -401,13 +426,24 @@ fn start_coordinator(
         watch_rx,
         serving_tx,
     } = parts;
+    let (peer_tx, peer_rx) = flume::bounded(coordinator::COORDINATOR_INBOX_MAX);
+    let (transport, peer_client) = match crate::peer::PeerTransport::start(peer_options, peer_tx) {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = fatal.send(format!("starting the peer transport: {e:#}"));
+            return;
+        }
+    };
+    let _ = peer_slot.set(peer_client);
     let (apply_tx, apply_rx) = flume::unbounded();
+    let slot = std::rc::Rc::new(std::cell::RefCell::new(Default::default()));
     let applier = match Applier::new(
         applier,
         restored,
         shards.clone(),
         published.clone(),
         ApplierLinks {
+            snapshot_slot: slot.clone(),
             queue: apply_rx,
             queries: queries_rx,
             raft_tx,
@@ -444,12 +480,14 @@ fn start_coordinator(
             let node = RaftNode::new(
                 boot,
                 FileRaftLog::new(wal),
-                crate::peer::NoPeers,
+                transport,
                 SystemClock,
                 raft_rx,
+                peer_rx,
                 apply_tx,
                 published,
                 serving_tx,
+                slot,
             )?;
             node.run().await
         }),

@@ -1,4 +1,5 @@
-//! etcd v3.5 API wire types (prost) and gRPC stubs (tonic codegen) for rusd.
+//! etcd v3.5 API wire types (prost) and gRPC stubs (tonic codegen) for rusd, and rusd's own
+//! peer protocol (`rusdpeer`).
 //!
 //! Generated from `proto/etcd/**/*.proto`, which are wire-identical to etcd
 //! v3.5.17's `etcdserverpb`, `mvccpb`, `authpb`, `v3electionpb` and `v3lockpb` packages (checked by
@@ -42,6 +43,13 @@ pub mod v3lockpb {
 /// gRPC's health checking protocol (`grpc.health.v1`), which etcd serves on its client port.
 pub mod grpc_health_v1 {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+}
+
+/// rusd's peer protocol (`proto/peer/rusdpeer.proto`, docs/peer-protocol.md): handshake,
+/// raft batches, requests and snapshot streams between members. Not part of etcd's API and not
+/// in [`FILE_DESCRIPTOR_SET`].
+pub mod rusdpeer {
+    include!(concat!(env!("OUT_DIR"), "/rusdpeer.rs"));
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of the five packages (as

@@ -5,10 +5,70 @@
 use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status, Streaming};
 
+use std::time::Duration;
+
 use super::status::status;
 use super::Context;
-use crate::coordinator::{CoordMsg, WriteRequest, WriteResponse};
+use crate::coordinator::rpc::{self, PeerRequest, PeerResponse};
+use crate::coordinator::{CoordMsg, LeaseInfo, WriteRequest, WriteResponse};
 use crate::error::EtcdError;
+
+/// How long a follower waits for the leader's answer to a forwarded lease call (etcd's
+/// request timeout without the election part: the leader is known when we forward).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the leader, for lease calls only it can answer (its clock is the one that counts).
+async fn ask_leader(ctx: &Context, req: PeerRequest) -> Result<PeerResponse, EtcdError> {
+    let leader = ctx.published.leader();
+    let client = ctx.peers.get().ok_or(EtcdError::NoLeader)?;
+    if leader == 0 {
+        return Err(EtcdError::NoLeader);
+    }
+    let body = client
+        .call(leader, rpc::encode_request(&req), FORWARD_TIMEOUT)
+        .await
+        .map_err(|_| EtcdError::Timeout)?;
+    match rpc::decode_response(&body) {
+        Ok(PeerResponse::Refused(_)) | Err(_) => Err(EtcdError::Timeout),
+        Ok(answer) => Ok(answer),
+    }
+}
+
+/// Renews a lease here if this member leads, else on the leader.
+async fn keep_alive(ctx: &Context, id: i64) -> Result<Option<i64>, EtcdError> {
+    let here = ctx
+        .coordinator
+        .ask(|reply| CoordMsg::LeaseKeepAlive { id, reply })
+        .await
+        .and_then(|r| r);
+    match here {
+        Err(EtcdError::NotLeader) => {
+            match ask_leader(ctx, PeerRequest::LeaseKeepAlive { id }).await? {
+                PeerResponse::LeaseKeepAlive(r) => r,
+                _ => Err(EtcdError::Timeout),
+            }
+        }
+        other => other,
+    }
+}
+
+/// A lease's remaining time, from the leader.
+async fn time_to_live(ctx: &Context, id: i64, keys: bool) -> Result<Option<LeaseInfo>, EtcdError> {
+    let here = ctx
+        .coordinator
+        .ask(|reply| CoordMsg::LeaseTimeToLive { id, keys, reply })
+        .await
+        .and_then(|r| r);
+    match here {
+        Err(EtcdError::NotLeader) => {
+            match ask_leader(ctx, PeerRequest::LeaseTimeToLive { id, keys }).await? {
+                PeerResponse::LeaseTimeToLive(r) => r,
+                _ => Err(EtcdError::Timeout),
+            }
+        }
+        other => other,
+    }
+}
 
 /// Keep-alive answers buffered per stream before the reader of requests waits for the client
 /// to drain them; a client that never reads cannot make the server queue without bound.
@@ -88,11 +148,7 @@ impl pb::lease_server::Lease for LeaseService {
                         return;
                     }
                 };
-                let answer = ctx
-                    .coordinator
-                    .ask(|reply| CoordMsg::LeaseKeepAlive { id: req.id, reply })
-                    .await
-                    .and_then(|r| r);
+                let answer = keep_alive(&ctx, req.id).await;
                 let msg = match answer {
                     // An unknown lease answers TTL 0, and the stream goes on (etcd does so).
                     Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
@@ -120,16 +176,7 @@ impl pb::lease_server::Lease for LeaseService {
         let r = request.into_inner();
         // With keys, every attached key needs read permission (etcd's checkLeaseTimeToLive).
         let keys = r.keys || store.enabled();
-        let info = self
-            .ctx
-            .coordinator
-            .ask(|reply| CoordMsg::LeaseTimeToLive {
-                id: r.id,
-                keys,
-                reply,
-            })
-            .await
-            .map_err(status)?;
+        let info = time_to_live(&self.ctx, r.id, keys).await.map_err(status)?;
         if r.keys {
             if let Some(i) = &info {
                 for k in &i.keys {

@@ -139,7 +139,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_applied_index: p.applied_index.load(Acquire),
             errors,
             db_size_in_use,
-            is_learner: false,
+            is_learner: p.is_learner.load(Acquire),
         }))
     }
 

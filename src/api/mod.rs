@@ -48,6 +48,9 @@ pub struct Context {
     /// What `grpc.health.v1.Health` answers (NOT_SERVING during a defragmentation with
     /// `--experimental-stop-grpc-service-on-defrag`).
     pub health: Arc<health::HealthState>,
+    /// Requests to other members (a follower forwarding lease work to the leader); set once
+    /// core 0 has started the peer transport.
+    pub peers: Arc<std::sync::OnceLock<crate::peer::PeerClient>>,
 }
 
 impl Context {

@@ -64,6 +64,18 @@ impl Router {
     }
 }
 
+/// A gRPC call with `hasleader: true` metadata on a member without a leader.
+fn requires_leader_missing<B>(ctx: &Context, req: &http::Request<B>) -> bool {
+    req.headers()
+        .get("hasleader")
+        .is_some_and(|v| v.as_bytes() == b"true")
+        && ctx.published.leader() == 0
+        && req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// grpc-go (and so etcd) refuses a message above the receive limit with ResourceExhausted and
 /// "grpc: received message larger than max (N vs. M)"; tonic says OutOfRange in other words.
 /// Clients match on the code, so that status is rewritten to grpc-go's, in the headers of a
@@ -173,6 +185,12 @@ impl Router {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let path = req.uri().path();
+        if requires_leader_missing(&self.ctx, &req) {
+            // etcd's interceptors: a call marked `hasleader: true` (clientv3's
+            // WithRequireLeader) fails at once while the member knows no leader.
+            let resp = super::status::status(crate::error::EtcdError::NoLeader).into_http::<Body>();
+            return Box::pin(async move { Ok(resp) });
+        }
         if path.starts_with("/etcdserverpb.KV/") {
             let mut s = self.kv.clone();
             return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });

@@ -389,11 +389,13 @@ fn help_version_subcommands() {
     assert_eq!(lines[2], "Go Version: go1.22.9");
     assert!(lines[3].starts_with("Go OS/Arch: linux/"));
     assert!(lines[4].starts_with("rusd Version: "));
-    for sub in ["gateway", "grpc-proxy"] {
-        match run(&[sub, "start", "--endpoints=x"], &[]).unwrap() {
-            Command::Unsupported(s) => assert_eq!(s, sub),
-            other => panic!("{other:?}"),
-        }
+    match run(&["gateway", "start", "--endpoints=x:1"], &[]).unwrap() {
+        Command::Gateway(g) => assert_eq!(g.endpoints, ["x:1"]),
+        other => panic!("{other:?}"),
+    }
+    match run(&["grpc-proxy", "start", "--endpoints=x:1"], &[]).unwrap() {
+        Command::GrpcProxy(p) => assert_eq!(p.endpoints, ["x:1"]),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -1238,4 +1240,246 @@ fn e2e_config_tests_flags() {
     let ms = crate::ids::members_from_initial_cluster(&c);
     assert_eq!(ms[0].1, 0xb16965eda2672782);
     assert_eq!(crate::ids::initial_cluster_id(&c), 0x72c251f3aa4aa290);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gateway and grpc-proxy subcommands (cobra/pflag syntax)
+// ---------------------------------------------------------------------------------------------
+
+fn gateway(v: &[&str]) -> GatewayConfig {
+    match run(v, &[]) {
+        Ok(Command::Gateway(g)) => g,
+        other => panic!("expected Gateway for {v:?}, got {other:?}"),
+    }
+}
+
+fn grpc_proxy(v: &[&str]) -> GrpcProxyConfig {
+    match run(v, &[]) {
+        Ok(Command::GrpcProxy(p)) => *p,
+        other => panic!("expected GrpcProxy for {v:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn gateway_defaults_and_flags_before_or_after_start() {
+    let g = gateway(&["gateway", "start"]);
+    assert_eq!(g.listen_addr, "127.0.0.1:23790");
+    assert_eq!(g.endpoints, ["127.0.0.1:2379"]);
+    assert_eq!(g.retry_delay, Duration::from_secs(60));
+    // etcd's TestGateway puts the flag before `start` (cobra finds the subcommand first).
+    let g = gateway(&["gateway", "--endpoints=a:1,b:2", "start"]);
+    assert_eq!(g.endpoints, ["a:1", "b:2"]);
+    let g = gateway(&[
+        "gateway",
+        "start",
+        "--listen-addr",
+        "127.0.0.1:5",
+        "--retry-delay=3s",
+    ]);
+    assert_eq!(g.listen_addr, "127.0.0.1:5");
+    assert_eq!(g.retry_delay, Duration::from_secs(3));
+}
+
+#[test]
+fn pflag_lists_accumulate_and_scalars_keep_the_last() {
+    let p = grpc_proxy(&[
+        "grpc-proxy",
+        "start",
+        "--endpoints",
+        "a:1,b:2",
+        "--endpoints=c:3",
+        "--listen-addr=1.1.1.1:1",
+        "--listen-addr",
+        "2.2.2.2:2",
+    ]);
+    assert_eq!(p.endpoints, ["a:1", "b:2", "c:3"]);
+    assert_eq!(p.listen_addr, "2.2.2.2:2");
+}
+
+#[test]
+fn grpc_proxy_defaults_match_etcd() {
+    let p = grpc_proxy(&["grpc-proxy", "start"]);
+    assert_eq!(p.listen_addr, "127.0.0.1:23790");
+    assert_eq!(p.advertise_client_url, "127.0.0.1:23790");
+    assert_eq!(p.endpoints, ["127.0.0.1:2379"]);
+    assert_eq!(p.endpoints_auto_sync_interval, Duration::ZERO);
+    assert_eq!(p.dial_keepalive_timeout, Duration::from_secs(20));
+    assert_eq!(p.max_send_bytes, 1_572_864);
+    assert_eq!(p.max_recv_bytes, i32::MAX as i64);
+    assert_eq!(p.grpc_keepalive_min_time, Duration::from_secs(5));
+    assert_eq!(p.grpc_keepalive_interval, Duration::from_secs(7200));
+    assert_eq!(p.max_concurrent_streams, u32::MAX);
+    assert_eq!(p.data_dir, "default.proxy");
+    assert_eq!(p.self_signed_cert_validity, 1);
+    assert!(!p.debug && !p.auto_tls && !p.insecure_skip_tls_verify);
+    assert!(p.listen_cipher_suites.is_empty());
+}
+
+#[test]
+fn grpc_proxy_flags_of_the_e2e_tests() {
+    let p = grpc_proxy(&[
+        "grpc-proxy",
+        "start",
+        "--advertise-client-url",
+        "127.0.0.1:32379",
+        "--listen-addr",
+        "127.0.0.1:32379",
+        "--endpoints",
+        "http://localhost:12379",
+        "--endpoints-auto-sync-interval",
+        "1s",
+    ]);
+    assert_eq!(p.endpoints, ["http://localhost:12379"]);
+    assert_eq!(p.endpoints_auto_sync_interval, Duration::from_secs(1));
+    let p = grpc_proxy(&[
+        "grpc-proxy",
+        "start",
+        "--cert",
+        "c",
+        "--key",
+        "k",
+        "--cacert",
+        "ca",
+    ]);
+    assert_eq!(
+        (p.cert.as_str(), p.key.as_str(), p.cacert.as_str()),
+        ("c", "k", "ca")
+    );
+    let p = grpc_proxy(&[
+        "grpc-proxy",
+        "start",
+        "--listen-cipher-suites",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    ]);
+    assert_eq!(p.listen_cipher_suites.len(), 2);
+    let p = grpc_proxy(&["grpc-proxy", "start", "--listen-cipher-suites", ""]);
+    assert!(p.listen_cipher_suites.is_empty());
+    let p = grpc_proxy(&[
+        "grpc-proxy",
+        "start",
+        "--debug",
+        "--namespace=t/",
+        "--resolver-prefix",
+        "p",
+        "--resolver-ttl",
+        "5",
+    ]);
+    assert!(p.debug);
+    assert_eq!(p.namespace, "t/");
+    assert_eq!((p.resolver_prefix.as_str(), p.resolver_ttl), ("p", 5));
+}
+
+#[test]
+fn pflag_bools_take_only_an_attached_value() {
+    let p = grpc_proxy(&["grpc-proxy", "start", "--debug=false"]);
+    assert!(!p.debug);
+    // `--debug false`: the flag is true and `false` is a stray argument cobra ignores.
+    let p = grpc_proxy(&["grpc-proxy", "start", "--debug", "false"]);
+    assert!(p.debug);
+}
+
+#[test]
+fn subcommand_errors_use_pflag_texts() {
+    let e = err(&["grpc-proxy", "start", "--bogus"]);
+    assert!(matches!(e, ConfigError::Subcommand(_)), "{e:?}");
+    assert_eq!(e.to_string(), "unknown flag: --bogus");
+    assert_eq!(e.exit_code(), 1);
+    assert_eq!(
+        err(&["grpc-proxy", "start", "--resolver-ttl", "x"]).to_string(),
+        "invalid argument \"x\" for \"--resolver-ttl\" flag: strconv.ParseInt: parsing \"x\": invalid syntax"
+    );
+    assert_eq!(
+        err(&["gateway", "start", "--retry-delay=5"]).to_string(),
+        "invalid argument \"5\" for \"--retry-delay\" flag: time: missing unit in duration \"5\""
+    );
+    assert_eq!(
+        err(&["grpc-proxy", "start", "--debug=maybe"]).to_string(),
+        "invalid argument \"maybe\" for \"--debug\" flag: strconv.ParseBool: parsing \"maybe\": invalid syntax"
+    );
+    assert_eq!(
+        err(&["grpc-proxy", "start", "--listen-addr"]).to_string(),
+        "flag needs an argument: --listen-addr"
+    );
+}
+
+#[test]
+fn grpc_proxy_check_args() {
+    assert_eq!(
+        err(&["grpc-proxy", "start", "--resolver-prefix", "p"]).to_string(),
+        "invalid resolver-ttl 0"
+    );
+    assert_eq!(
+        err(&["grpc-proxy", "start", "--resolver-ttl", "3"]).to_string(),
+        "invalid resolver-prefix \"\""
+    );
+    assert_eq!(
+        err(&[
+            "grpc-proxy",
+            "start",
+            "--resolver-ttl",
+            "3",
+            "--resolver-prefix",
+            "p",
+            "--advertise-client-url="
+        ])
+        .to_string(),
+        "invalid advertise-client-url \"\""
+    );
+    assert_eq!(
+        err(&[
+            "grpc-proxy",
+            "start",
+            "--auto-tls",
+            "--self-signed-cert-validity",
+            "0"
+        ])
+        .to_string(),
+        "selfSignedCertValidity is invalid,it should be greater than 0"
+    );
+    let e = err(&["grpc-proxy", "start", "--listen-cipher-suites", "TLS_BOGUS"]);
+    assert!(matches!(e, ConfigError::Proxy(_)));
+    assert_eq!(e.to_string(), "unexpected TLS cipher suite \"TLS_BOGUS\"");
+}
+
+#[test]
+fn subcommand_help_and_bare_subcommand() {
+    for v in [
+        &["gateway", "start", "--help"][..],
+        &["grpc-proxy", "start", "-h"],
+        &["gateway"],
+    ] {
+        match run(v, &[]).unwrap() {
+            Command::Help(t) => assert!(t.contains("--listen-addr") || t.contains("start"), "{t}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The server's flags are not the subcommands' and vice versa.
+    assert_eq!(
+        err(&["--listen-addr=x"]).to_string(),
+        "flag provided but not defined: -listen-addr"
+    );
+    // Only the first argument selects a subcommand, as in etcd's main.
+    assert_eq!(
+        err(&["--name", "x", "gateway"]).to_string(),
+        "'gateway' is not a valid flag"
+    );
+}
+
+#[test]
+fn subcommands_ignore_etcd_variables() {
+    match run(
+        &["grpc-proxy", "start"],
+        &[("ETCD_LISTEN_ADDR", "1.2.3.4:5")],
+    )
+    .unwrap()
+    {
+        Command::GrpcProxy(p) => assert_eq!(p.listen_addr, "127.0.0.1:23790"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn clap_commands_are_well_formed() {
+    server_command().debug_assert();
+    proxy_command().debug_assert();
 }

@@ -16,20 +16,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use raft::eraftpb::{ConfChangeType, ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfChangeType, ConfState, Entry, EntryType, Message};
 use shards::{
     combine_compare, Compare, DeleteRangeRequest, DeleteRangeResponse, Event, PutResponse,
     RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 
-use super::raft::{ApplyBatch, ApplyMsg, RaftMsg, ReadBatch, RoleChange};
+use super::raft::{ApplyBatch, ApplyMsg, RaftMsg, ReadBatch, RoleChange, SharedSnapshotSlot};
 use super::seams::{CheckpointStore, Clock, LocalFuture};
+use super::transfer::{Chunk, ImageDecoder, SnapshotImage};
 use super::watch::WatchInput;
 use super::{
     auth, checkpoint, codec, grows_store, lease, members, rpc, AlarmKind, CoordMsg, LeaseInfo,
     Published, WriteOutcome, WriteReply, WriteRequest, WriteResponse,
 };
 use crate::error::EtcdError;
+use crate::peer::{PeerError, PeerIncoming};
 use crate::runtime::mesh::ShardSet;
 use crate::runtime::shard::ShardMsg;
 
@@ -82,6 +84,7 @@ pub struct Restored {
 
 /// The channels the applier reads and writes.
 pub struct ApplierLinks {
+    pub snapshot_slot: SharedSnapshotSlot,
     pub queue: flume::Receiver<ApplyMsg>,
     pub queries: flume::Receiver<CoordMsg>,
     pub raft_tx: flume::Sender<RaftMsg>,
@@ -117,10 +120,14 @@ pub struct Applier<K: CheckpointStore, C: Clock> {
     applying_index: u64,
     role: RoleChange,
     conf_state: ConfState,
+    /// Where the shards' segment logs live (`CheckpointState::layout`).
+    layout: String,
     leases: lease::LeaseTable,
     auth: Arc<auth::AuthStore>,
     alarms: std::collections::BTreeSet<(u64, AlarmKind)>,
     members: members::Members,
+    /// The members of --initial-cluster: this member's own name and client URLs among them.
+    initial_members: Vec<members::Member>,
     /// When the db size was last read from the shards, and whether anything was applied since.
     db_size_read_at: Instant,
     db_size_stale: bool,
@@ -132,6 +139,13 @@ pub struct Applier<K: CheckpointStore, C: Clock> {
     /// future that finishes it.
     checkpoint_in_flight: Option<(u64, LocalFuture<'static, Result<(), String>>)>,
     next_timer: Instant,
+    /// A snapshot from the leader, staged and waiting for raft to accept it: its state and
+    /// the layout its shard data was written to.
+    staged: Option<(checkpoint::CheckpointState, String)>,
+    /// Staging attempts so far: each writes to a layout of its own.
+    staging_attempts: u64,
+    /// The membership changed while the raft node could not be told (it waited for us).
+    peers_changed: bool,
 }
 
 impl<K: CheckpointStore, C: Clock> Applier<K, C> {
@@ -148,66 +162,9 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         checkpoints: K,
         clock: C,
     ) -> anyhow::Result<Self> {
-        let checkpoint = restored.checkpoint.unwrap_or_default();
-        let revision = checkpoint.revision.max(1);
-        let mut leases = lease::LeaseTable::new(cfg.lease_ttl_min_secs);
-        for l in &checkpoint.leases {
-            leases.restore(l.id, l.ttl_secs);
-        }
-        for (key, id) in restored.lease_keys {
-            if !leases.attach(id, key.clone()) {
-                anyhow::bail!(
-                    "recovery: key {:?} is attached to lease {id:x}, which the checkpoint does \
-                     not have",
-                    String::from_utf8_lossy(&key)
-                );
-            }
-        }
-        let auth = if checkpoint.raft_index == 0 {
-            auth::AuthStore::default()
-        } else {
-            auth::AuthStore::from_record(&checkpoint.auth)
-                .map_err(|e| anyhow::anyhow!("checkpoint auth state: {e}"))?
-        };
-        let auth = Arc::new(auth);
-        published.auth.publish(auth.clone());
-        let mut members = members::Members::new(cfg.initial_members.clone());
-        if checkpoint.raft_index > 0 {
-            members = members::Members::new(
-                checkpoint
-                    .members
-                    .iter()
-                    .map(|m| members::Member {
-                        id: m.id,
-                        name: m.name.clone(),
-                        peer_urls: m.peer_urls.clone(),
-                        client_urls: m.client_urls.clone(),
-                        is_learner: m.is_learner,
-                    })
-                    .collect(),
-            );
-            // This member's name and client URLs are what it runs with now.
-            if let Some(me) = cfg.initial_members.iter().find(|m| m.id == cfg.member_id) {
-                members.refresh_local(me);
-            }
-        }
-        let mut alarms = std::collections::BTreeSet::new();
-        for a in &checkpoint.alarms {
-            let kind = AlarmKind::from_number(a.alarm)
-                .ok_or_else(|| anyhow::anyhow!("checkpoint: unknown alarm type {}", a.alarm))?;
-            alarms.insert((a.member_id, kind));
-        }
-        let nospace = alarms.iter().any(|(_, a)| *a == AlarmKind::NoSpace);
-        published.nospace.store(nospace, Ordering::Release);
-        published.revision.store(revision, Ordering::Release);
-        published
-            .compact_revision
-            .store(checkpoint.compact_revision, Ordering::Release);
-        published
-            .applied_index
-            .store(checkpoint.raft_index, Ordering::Release);
         let now = clock.now();
-        Ok(Applier {
+        let mut applier = Applier {
+            layout: checkpoint::default_layout(shards.len()),
             shards,
             published,
             links,
@@ -217,29 +174,118 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             member_id: cfg.member_id,
             waiters: HashMap::new(),
             reads_waiting_apply: Vec::new(),
-            revision,
-            compact_revision: checkpoint.compact_revision,
-            applied_index: checkpoint.raft_index,
-            applied_term: checkpoint.raft_term,
-            applying_index: checkpoint.raft_index,
+            revision: 1,
+            compact_revision: 0,
+            applied_index: 0,
+            applied_term: 0,
+            applying_index: 0,
             role: RoleChange {
                 leader_id: 0,
                 is_leader: false,
                 term: 0,
             },
             conf_state: cfg.conf_state,
-            leases,
-            auth,
-            alarms,
-            members,
+            leases: lease::LeaseTable::new(cfg.lease_ttl_min_secs),
+            auth: Arc::new(auth::AuthStore::default()),
+            alarms: Default::default(),
+            members: members::Members::new(cfg.initial_members.clone()),
+            initial_members: cfg.initial_members,
             db_size_read_at: now,
             db_size_stale: true,
             snapshot_count: cfg.snapshot_count.max(1),
-            checkpoint_index: checkpoint.raft_index,
+            checkpoint_index: 0,
             checkpoint_at: now,
             checkpoint_in_flight: None,
+            staged: None,
+            staging_attempts: 0,
+            peers_changed: false,
             next_timer: now + TIMER_INTERVAL,
-        })
+        };
+        match restored.checkpoint {
+            Some(state) => applier.load_checkpoint(&state, restored.lease_keys)?,
+            None => applier.publish_all(),
+        }
+        Ok(applier)
+    }
+
+    /// Makes a checkpoint (read at start-up, or a snapshot from the leader) the applier's
+    /// state, with the lease attachments found in the shards' stores.
+    fn load_checkpoint(
+        &mut self,
+        state: &checkpoint::CheckpointState,
+        lease_keys: Vec<(Bytes, i64)>,
+    ) -> anyhow::Result<()> {
+        let mut leases = lease::LeaseTable::new(self.leases.min_ttl_secs);
+        for l in &state.leases {
+            leases.restore(l.id, l.ttl_secs);
+        }
+        for (key, id) in lease_keys {
+            if !leases.attach(id, key.clone()) {
+                anyhow::bail!(
+                    "key {:?} is attached to lease {id:x}, which the checkpoint does not have",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+        }
+        if self.role.is_leader {
+            leases.start_clocks(self.clock.now());
+        }
+        let auth = auth::AuthStore::from_record(&state.auth)
+            .map_err(|e| anyhow::anyhow!("checkpoint auth state: {e}"))?;
+        let mut members = members::Members::new(
+            state
+                .members
+                .iter()
+                .map(|m| members::Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_urls: m.peer_urls.clone(),
+                    client_urls: m.client_urls.clone(),
+                    is_learner: m.is_learner,
+                })
+                .collect(),
+        );
+        // This member's name and client URLs are what it runs with now.
+        if let Some(me) = self.initial_members.iter().find(|m| m.id == self.member_id) {
+            members.refresh_local(me);
+        }
+        let mut alarms = std::collections::BTreeSet::new();
+        for a in &state.alarms {
+            let kind = AlarmKind::from_number(a.alarm)
+                .ok_or_else(|| anyhow::anyhow!("checkpoint: unknown alarm type {}", a.alarm))?;
+            alarms.insert((a.member_id, kind));
+        }
+        self.leases = leases;
+        self.auth = Arc::new(auth);
+        self.members = members;
+        self.alarms = alarms;
+        self.revision = state.revision.max(1);
+        self.compact_revision = state.compact_revision;
+        self.applied_index = state.raft_index;
+        self.applied_term = state.raft_term;
+        self.applying_index = state.raft_index;
+        self.conf_state = ConfState::from((state.voters.clone(), state.learners.clone()));
+        self.layout = state.layout_name();
+        self.checkpoint_index = state.raft_index;
+        self.publish_all();
+        Ok(())
+    }
+
+    /// Publishes everything other cores read of the applier's state.
+    fn publish_all(&self) {
+        self.published.auth.publish(self.auth.clone());
+        let nospace = self.alarms.iter().any(|(_, a)| *a == AlarmKind::NoSpace);
+        self.published.nospace.store(nospace, Ordering::Release);
+        self.published
+            .compact_revision
+            .store(self.compact_revision, Ordering::Release);
+        self.publish_membership();
+        self.published
+            .revision
+            .store(self.revision, Ordering::Release);
+        self.published
+            .applied_index
+            .store(self.applied_index, Ordering::Release);
     }
 
     /// The revision the watch hub starts from.
@@ -255,6 +301,21 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                     let answer = self.on_peer_request(from, &body);
                     let _ = reply.send(answer);
                 }
+                Wake::Apply(ApplyMsg::GenerateSnapshot) => self.generate_snapshot().await?,
+                Wake::Apply(ApplyMsg::ReceiveSnapshot { msg, chunks, done }) => {
+                    self.receive_snapshot(msg, chunks, done).await?
+                }
+                Wake::Apply(ApplyMsg::InstallSnapshot { index, reply }) => {
+                    match self.install_snapshot(index).await {
+                        Ok(()) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(format!("{e:#}")));
+                            return Err(e);
+                        }
+                    }
+                }
                 Wake::Query(q) => self.on_query(q),
                 Wake::Checkpoint(result) => self.on_checkpoint_done(result).await?,
                 Wake::Timer => {}
@@ -266,9 +327,203 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 self.next_timer = now + TIMER_INTERVAL;
                 self.on_timer(now);
             }
+            if self.peers_changed {
+                self.peers_changed = false;
+                self.announce_peers().await?;
+            }
             self.refresh_db_size().await?;
             self.checkpoint_step().await?;
         }
+    }
+
+    /// Builds a snapshot of the applied state for raft to send a follower: the state now, and
+    /// every version the shards retain (asked between two applied entries, so all of the same
+    /// index). Values are shared with the stores, not copied.
+    async fn generate_snapshot(&mut self) -> anyhow::Result<()> {
+        let index = self.applied_index;
+        let state = self.checkpoint_state(index)?;
+        let parts = self
+            .shards
+            .call_all(|reply| ShardMsg::Retained { reply })
+            .await?;
+        let mut events: Vec<Event> = parts.into_iter().flatten().collect();
+        events.sort_by_key(|e| (e.kv.mod_revision, e.sub_revision));
+        crate::log_info!(
+            "generated snapshot",
+            "snapshot-index" => index,
+            "revision" => self.revision,
+            "events" => events.len()
+        );
+        let mut slot = self.links.snapshot_slot.borrow_mut();
+        slot.image = Some(std::rc::Rc::new(SnapshotImage { state, events }));
+        slot.generating = false;
+        Ok(())
+    }
+
+    /// Stages a snapshot the leader streams: each shard writes its share into a new layout
+    /// as the chunks arrive. Once the whole stream checked out, raft gets the message.
+    async fn receive_snapshot(
+        &mut self,
+        msg: Message,
+        chunks: flume::Receiver<Result<Bytes, PeerError>>,
+        done: oneshot::Sender<Result<(), String>>,
+    ) -> anyhow::Result<()> {
+        let index = msg.get_snapshot().get_metadata().index;
+        self.staging_attempts += 1;
+        let layout = format!(
+            "shards-{}-at-{index}-{}",
+            self.shards.len(),
+            self.staging_attempts
+        );
+        match self.stage_snapshot(index, &layout, chunks).await? {
+            Ok(state) => {
+                crate::log_info!(
+                    "received and saved database snapshot",
+                    "snapshot-index" => index,
+                    "remote-peer-id" => crate::ids::format_id(msg.from)
+                );
+                self.staged = Some((state, layout));
+                let _ = done.send(Ok(()));
+                self.links
+                    .raft_tx
+                    .send_async(RaftMsg::Peer(PeerIncoming::Raft(vec![msg])))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the raft node stopped"))?;
+            }
+            Err(e) => {
+                crate::log_warn!(
+                    "failed to receive database snapshot",
+                    "snapshot-index" => index,
+                    "error" => e.clone()
+                );
+                let _ = done.send(Err(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The outer error is fatal (a shard is gone); the inner one fails this snapshot only.
+    async fn stage_snapshot(
+        &mut self,
+        index: u64,
+        layout: &str,
+        chunks: flume::Receiver<Result<Bytes, PeerError>>,
+    ) -> anyhow::Result<Result<checkpoint::CheckpointState, String>> {
+        let mut decoder = ImageDecoder::default();
+        let mut state = None;
+        loop {
+            let chunk = match chunks.recv_async().await {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(e)) => return Ok(Err(e.to_string())),
+                Err(_) => return Ok(Err("the snapshot stream ended early".into())),
+            };
+            match decoder.feed(&chunk) {
+                Err(e) => return Ok(Err(e.to_string())),
+                Ok(Chunk::Header(s)) if s.raft_index != index => {
+                    return Ok(Err(format!(
+                        "the stream holds index {}, the message says {index}",
+                        s.raft_index
+                    )))
+                }
+                Ok(Chunk::Header(s)) => state = Some(s),
+                Ok(Chunk::Events(events)) => {
+                    let mut routed: Vec<Vec<Event>> = vec![Vec::new(); self.shards.len()];
+                    for e in events {
+                        routed[self.shards.owner(&e.kv.key)].push(e);
+                    }
+                    for (shard, events) in routed.into_iter().enumerate() {
+                        if events.is_empty() {
+                            continue;
+                        }
+                        let layout = layout.to_string();
+                        let staged = self
+                            .shards
+                            .call(shard, |reply| ShardMsg::Stage {
+                                layout,
+                                events,
+                                finish: None,
+                                reply,
+                            })
+                            .await?;
+                        if let Err(e) = staged {
+                            return Ok(Err(e));
+                        }
+                    }
+                }
+                Ok(Chunk::End) => break,
+            }
+        }
+        // The transport closes a stream it checked with an empty chunk; a stream that breaks
+        // after our end frame still failed.
+        if let Ok(Err(e)) = chunks.recv_async().await {
+            return Ok(Err(e.to_string()));
+        }
+        let state = state.expect("a stream that ended had its header");
+        for shard in 0..self.shards.len() {
+            let layout = layout.to_string();
+            let finish = Some((index, state.compact_revision));
+            let staged = self
+                .shards
+                .call(shard, |reply| ShardMsg::Stage {
+                    layout,
+                    events: Vec::new(),
+                    finish,
+                    reply,
+                })
+                .await?;
+            if let Err(e) = staged {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(*state))
+    }
+
+    /// Makes the staged snapshot at `index` this member's state. The checkpoint file naming
+    /// the staged layout is the commit point: a crash before it leaves the old state, after it
+    /// the new one (and the WAL's older entries are then below the checkpoint).
+    async fn install_snapshot(&mut self, index: u64) -> anyhow::Result<()> {
+        let (state, layout) = match self.staged.take() {
+            Some((state, layout)) if state.raft_index == index => (state, layout),
+            _ => anyhow::bail!("raft accepted a snapshot at {index} that was not staged"),
+        };
+        // A checkpoint being written would land after ours and take the member back.
+        if let Some((_, done)) = self.checkpoint_in_flight.take() {
+            let _ = done.await;
+        }
+        let mut state = state;
+        state.layout = layout.clone();
+        state.shard_count = self.shards.len() as u32;
+        self.checkpoints
+            .save(state.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("saving the snapshot's checkpoint: {e}"))?;
+        let installed = self
+            .shards
+            .call_all(|reply| ShardMsg::Install {
+                layout: layout.clone(),
+                index,
+                reply,
+            })
+            .await?;
+        let mut lease_keys = Vec::new();
+        for keys in installed {
+            lease_keys.extend(keys.map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        self.load_checkpoint(&state, lease_keys)?;
+        for shard in 0..self.shards.len() {
+            self.shards.send(shard, ShardMsg::CheckpointSaved).await?;
+        }
+        self.links
+            .watch_tx
+            .send_async(WatchInput::Reset {
+                revision: self.revision,
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the watch hub stopped"))?;
+        self.db_size_stale = true;
+        self.peers_changed = true;
+        self.release_reads();
+        Ok(())
     }
 
     /// Waits for the next thing to do; the apply queue goes first.
@@ -364,7 +619,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 let _ = reply.send(self.keep_alive(id));
             }
             CoordMsg::LeaseTimeToLive { id, keys, reply } => {
-                let _ = reply.send(self.lease_info(id, keys));
+                let _ = reply.send(self.time_to_live(id, keys));
             }
             CoordMsg::LeaseLeases { reply } => {
                 let _ = reply.send(self.leases.ids());
@@ -385,6 +640,17 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
     fn keep_alive(&mut self, id: i64) -> Result<Option<i64>, EtcdError> {
         if self.role.is_leader {
             Ok(self.leases.renew(id, self.clock.now()))
+        } else if self.role.leader_id == raft::INVALID_ID {
+            Err(EtcdError::NoLeader)
+        } else {
+            Err(EtcdError::NotLeader)
+        }
+    }
+
+    /// A lease's remaining time as the leader counts it (the only clock there is).
+    fn time_to_live(&self, id: i64, keys: bool) -> Result<Option<LeaseInfo>, EtcdError> {
+        if self.role.is_leader {
+            Ok(self.lease_info(id, keys))
         } else if self.role.leader_id == raft::INVALID_ID {
             Err(EtcdError::NoLeader)
         } else {
@@ -414,11 +680,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 rpc::PeerResponse::LeaseKeepAlive(self.keep_alive(id))
             }
             Ok(rpc::PeerRequest::LeaseTimeToLive { id, keys }) => {
-                if self.role.is_leader {
-                    rpc::PeerResponse::LeaseTimeToLive(Ok(self.lease_info(id, keys)))
-                } else {
-                    rpc::PeerResponse::LeaseTimeToLive(Err(EtcdError::NotLeader))
-                }
+                rpc::PeerResponse::LeaseTimeToLive(self.time_to_live(id, keys))
             }
             Ok(rpc::PeerRequest::MemberList) => rpc::PeerResponse::MemberList(self.members.list()),
             Err(e) => rpc::PeerResponse::Refused(e.to_string()),
@@ -541,8 +803,19 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         Ok(Ok(WriteResponse::Members(self.members.list())))
     }
 
+    /// Publishes what other cores read about the membership.
+    fn publish_membership(&self) {
+        let learner = self
+            .members
+            .list()
+            .iter()
+            .any(|m| m.id == self.member_id && m.is_learner);
+        self.published.is_learner.store(learner, Ordering::Release);
+    }
+
     /// Tells the raft node's transport who the other members are now.
     async fn announce_peers(&mut self) -> anyhow::Result<()> {
+        self.publish_membership();
         let peers = self
             .members
             .list()
@@ -574,6 +847,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             voters: conf.voters.clone(),
             learners: conf.learners.clone(),
             shard_count: self.shards.len() as u32,
+            layout: self.layout.clone(),
             revision: self.revision,
             compact_revision: self.compact_revision,
             leases: self

@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use rkyv::rancor;
 
 pub const CHECKPOINT_FILE_NAME: &str = "checkpoint";
-const FORMAT_VERSION: u32 = 1;
-const RECORD_TYPE_STATE: u8 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// The record types name the state's schema: version 1 had no `layout`.
+const RECORD_TYPE_STATE_V1: u8 = 1;
+const RECORD_TYPE_STATE: u8 = 2;
 const HEADER_BYTES: usize = 9;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, Default, PartialEq)]
@@ -34,14 +36,77 @@ pub struct CheckpointState {
     pub raft_term: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
-    /// How many shards the segment logs were written by (`member/shards-N`).
+    /// How many shards the segment logs were written by.
     pub shard_count: u32,
+    /// The directory under `member/` holding the shards' segment logs: `shards-N` normally,
+    /// `shards-N-at-C` after installing a snapshot from the leader at raft index C (a new
+    /// directory, so the switch is this file's atomic replacement). Empty means `shards-N`.
+    pub layout: String,
     pub revision: i64,
     pub compact_revision: i64,
     pub leases: Vec<LeaseRecord>,
     pub auth: AuthRecord,
     pub members: Vec<MemberRecord>,
     pub alarms: Vec<AlarmRecord>,
+}
+
+/// The state as format version 1 wrote it (before `layout`); read and converted.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, Default, PartialEq)]
+struct CheckpointStateV1 {
+    format_version: u32,
+    raft_index: u64,
+    raft_term: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    shard_count: u32,
+    revision: i64,
+    compact_revision: i64,
+    leases: Vec<LeaseRecord>,
+    auth: AuthRecord,
+    members: Vec<MemberRecord>,
+    alarms: Vec<AlarmRecord>,
+}
+
+impl From<CheckpointStateV1> for CheckpointState {
+    fn from(v: CheckpointStateV1) -> Self {
+        CheckpointState {
+            format_version: FORMAT_VERSION,
+            raft_index: v.raft_index,
+            raft_term: v.raft_term,
+            voters: v.voters,
+            learners: v.learners,
+            shard_count: v.shard_count,
+            layout: String::new(),
+            revision: v.revision,
+            compact_revision: v.compact_revision,
+            leases: v.leases,
+            auth: v.auth,
+            members: v.members,
+            alarms: v.alarms,
+        }
+    }
+}
+
+impl CheckpointState {
+    /// The directory name under `member/` of the shards' segment logs.
+    pub fn layout_name(&self) -> String {
+        if self.layout.is_empty() {
+            default_layout(self.shard_count as usize)
+        } else {
+            self.layout.clone()
+        }
+    }
+}
+
+/// The layout a member with `count` shards writes when nothing else is recorded.
+pub fn default_layout(count: usize) -> String {
+    format!("shards-{count}")
+}
+
+/// The shard count a layout name was written by (`shards-N` or `shards-N-at-C`).
+pub fn layout_shard_count(layout: &str) -> Option<usize> {
+    let rest = layout.strip_prefix("shards-")?;
+    rest.split('-').next()?.parse().ok()
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, Default, PartialEq)]
@@ -110,13 +175,70 @@ pub fn checkpoint_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("snap")
 }
 
-/// Where shard `shard` of a member with `count` shards keeps its segment log.
-pub fn shard_dir(data_dir: &Path, count: usize, shard: usize) -> PathBuf {
-    shards_root(data_dir, count).join(format!("shard-{shard}"))
+/// Where shard `shard` keeps its segment log in `layout`.
+pub fn shard_dir(data_dir: &Path, layout: &str, shard: usize) -> PathBuf {
+    shards_root(data_dir, layout).join(format!("shard-{shard}"))
 }
 
-pub fn shards_root(data_dir: &Path, count: usize) -> PathBuf {
-    data_dir.join("member").join(format!("shards-{count}"))
+pub fn shards_root(data_dir: &Path, layout: &str) -> PathBuf {
+    data_dir.join("member").join(layout)
+}
+
+/// The checkpoint file's bytes for `state`: one CRC-checked frame.
+pub fn encode_state(state: &CheckpointState) -> Vec<u8> {
+    let mut state = state.clone();
+    state.format_version = FORMAT_VERSION;
+    let payload = rkyv::to_bytes::<rancor::Error>(&state).expect("serializing into memory");
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&[RECORD_TYPE_STATE]), &payload);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes.push(RECORD_TYPE_STATE);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+/// The state `encode_state` wrote (or format version 1 did); the error says what is wrong.
+pub fn decode_state(data: &[u8]) -> Result<CheckpointState, String> {
+    if data.len() < HEADER_BYTES {
+        return Err(format!("only {} bytes", data.len()));
+    }
+    let len = u32::from_le_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes"));
+    if data.len() != HEADER_BYTES + len {
+        return Err(format!(
+            "length field says {len} payload bytes, the file has {}",
+            data.len() - HEADER_BYTES
+        ));
+    }
+    if crc32c::crc32c(&data[8..]) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(len);
+    aligned.extend_from_slice(&data[HEADER_BYTES..]);
+    let state = match data[8] {
+        RECORD_TYPE_STATE => rkyv::from_bytes::<CheckpointState, rancor::Error>(&aligned)
+            .map_err(|e| format!("undecodable state: {e}"))?,
+        RECORD_TYPE_STATE_V1 => {
+            let v1 = rkyv::from_bytes::<CheckpointStateV1, rancor::Error>(&aligned)
+                .map_err(|e| format!("undecodable state: {e}"))?;
+            if v1.format_version != 1 {
+                return Err(format!(
+                    "format version {} in a version 1 record",
+                    v1.format_version
+                ));
+            }
+            CheckpointState::from(v1)
+        }
+        other => return Err(format!("unknown record type {other}")),
+    };
+    if state.format_version != FORMAT_VERSION {
+        return Err(format!(
+            "unsupported format version {}",
+            state.format_version
+        ));
+    }
+    Ok(state)
 }
 
 /// Reads the checkpoint in `dir`; `None` for a member that never completed one. A damaged
@@ -128,38 +250,9 @@ pub fn read(dir: &Path) -> Result<Option<CheckpointState>, CheckpointError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(CheckpointError::Io { path, source }),
     };
-    let corrupt = |reason: String| CheckpointError::Corrupt {
-        path: path.clone(),
-        reason,
-    };
-    if data.len() < HEADER_BYTES {
-        return Err(corrupt(format!("only {} bytes", data.len())));
-    }
-    let len = u32::from_le_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes"));
-    if data.len() != HEADER_BYTES + len {
-        return Err(corrupt(format!(
-            "length field says {len} payload bytes, the file has {}",
-            data.len() - HEADER_BYTES
-        )));
-    }
-    if crc32c::crc32c(&data[8..]) != crc {
-        return Err(corrupt("checksum mismatch".into()));
-    }
-    if data[8] != RECORD_TYPE_STATE {
-        return Err(corrupt(format!("unknown record type {}", data[8])));
-    }
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(len);
-    aligned.extend_from_slice(&data[HEADER_BYTES..]);
-    let state = rkyv::from_bytes::<CheckpointState, rancor::Error>(&aligned)
-        .map_err(|e| corrupt(format!("undecodable state: {e}")))?;
-    if state.format_version != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "unsupported format version {}",
-            state.format_version
-        )));
-    }
-    Ok(Some(state))
+    decode_state(&data)
+        .map(Some)
+        .map_err(|reason| CheckpointError::Corrupt { path, reason })
 }
 
 /// Replaces the checkpoint in `dir` atomically and durably (blocking: call it off the
@@ -170,16 +263,7 @@ pub fn write(dir: &Path, state: &CheckpointState) -> Result<(), CheckpointError>
         move |source| CheckpointError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut state = state.clone();
-    state.format_version = FORMAT_VERSION;
-    let payload = rkyv::to_bytes::<rancor::Error>(&state).expect("serializing into memory");
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
-    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&[RECORD_TYPE_STATE]), &payload);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes.push(RECORD_TYPE_STATE);
-    bytes.extend_from_slice(&payload);
-
+    let bytes = encode_state(state);
     let tmp = dir.join(format!("{CHECKPOINT_FILE_NAME}.tmp"));
     let path = dir.join(CHECKPOINT_FILE_NAME);
     // etcd records its applied (consistent) index in bolt in the pre-commit hook; this file is
@@ -261,5 +345,26 @@ mod tests {
         assert!(error.contains("checksum mismatch"), "{error}");
         fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert!(read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_version_1_file_reads_with_the_default_layout() {
+        let v1 = CheckpointStateV1 {
+            format_version: 1,
+            raft_index: 9,
+            shard_count: 3,
+            revision: 4,
+            ..Default::default()
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&v1).unwrap();
+        let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[RECORD_TYPE_STATE_V1]), &payload);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes.push(RECORD_TYPE_STATE_V1);
+        bytes.extend_from_slice(&payload);
+        let state = decode_state(&bytes).unwrap();
+        assert_eq!((state.raft_index, state.revision), (9, 4));
+        assert_eq!(state.layout_name(), "shards-3");
+        assert_eq!(layout_shard_count("shards-3-at-77"), Some(3));
     }
 }

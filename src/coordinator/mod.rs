@@ -13,6 +13,7 @@ pub mod members;
 pub mod raft;
 pub mod rpc;
 pub mod seams;
+pub mod transfer;
 pub mod wal;
 pub mod watch;
 
@@ -44,6 +45,8 @@ pub struct Published {
     pub applied_index: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub serving: AtomicBool,
+    /// This member is a learner (replicated to, not voting).
+    pub is_learner: AtomicBool,
     /// The store's size as the quota sees it: the shards' bytes, history included.
     pub db_size: AtomicI64,
     /// Some member has the NOSPACE alarm raised.
@@ -126,10 +129,12 @@ pub enum CoordMsg {
         id: i64,
         reply: oneshot::Sender<Result<Option<i64>, EtcdError>>,
     },
+    /// Only the leader keeps lease time: a follower answers `NotLeader` and the caller asks
+    /// the leader.
     LeaseTimeToLive {
         id: i64,
         keys: bool,
-        reply: oneshot::Sender<Option<LeaseInfo>>,
+        reply: oneshot::Sender<Result<Option<LeaseInfo>, EtcdError>>,
     },
     LeaseLeases {
         reply: oneshot::Sender<Vec<i64>>,

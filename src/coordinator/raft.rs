@@ -8,7 +8,9 @@
 //! (`super::seams::{Clock, RaftLog}`, `crate::peer::Transport`) or a channel, so the
 //! simulation runs it unchanged.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,13 +18,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{select, Either};
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Snapshot};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, MessageType, Snapshot};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 
 use super::codec;
 use super::seams::{Clock, RaftLog};
+use super::transfer::{ImageEncoder, SnapshotImage};
 use super::{grows_store, AlarmKind, Published, WriteReply, WriteRequest, UNAPPLIED_ENTRIES_MAX};
 use crate::error::EtcdError;
 use crate::peer::{PeerIncoming, Transport};
@@ -112,6 +116,19 @@ impl ApplyBatch {
 /// The applier's queue.
 pub enum ApplyMsg {
     Batch(ApplyBatch),
+    /// Raft wants a snapshot to send: build one of the applied state into the shared slot.
+    GenerateSnapshot,
+    /// A snapshot from the leader arrives: stage it, then hand `msg` back to the raft node.
+    ReceiveSnapshot {
+        msg: Message,
+        chunks: flume::Receiver<Result<Bytes, crate::peer::PeerError>>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Raft accepted the staged snapshot at `index`: make it this member's state.
+    InstallSnapshot {
+        index: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// A peer's request that needs the applier's state (a follower forwarding a lease
     /// keep-alive to this leader, say); the body is `super::rpc`'s encoding.
     PeerRequest {
@@ -121,11 +138,25 @@ pub enum ApplyMsg {
     },
 }
 
-/// raft-rs's in-memory log with our snapshot rule: until snapshots to followers exist, a
-/// follower that needs one waits (raft retries) instead of receiving an empty snapshot that
-/// would silently lose its data.
+/// The snapshot the leader offers followers, shared by the raft node (which hands raft its
+/// metadata and streams its body) and the applier (which builds it). Both live on core 0.
+#[derive(Default)]
+pub struct SnapshotSlot {
+    pub image: Option<Rc<SnapshotImage>>,
+    /// Raft asked for a snapshot newer than the one here.
+    pub wanted: bool,
+    /// The applier is building one.
+    pub generating: bool,
+}
+
+pub type SharedSnapshotSlot = Rc<RefCell<SnapshotSlot>>;
+
+/// raft-rs's in-memory log, and the snapshot rule: raft gets the image in the slot if it
+/// covers everything before the log's first entry; otherwise it waits (raft retries) while
+/// the applier builds a newer one.
 pub struct RaftStore {
     mem: MemStorage,
+    slot: SharedSnapshotSlot,
 }
 
 impl raft::Storage for RaftStore {
@@ -150,11 +181,29 @@ impl raft::Storage for RaftStore {
     fn last_index(&self) -> raft::Result<u64> {
         self.mem.last_index()
     }
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let first = self.mem.first_index()?;
+        if let Some(image) = &self.slot.borrow().image {
+            if image.index() >= request_index && image.index() + 1 >= first {
+                return Ok(snapshot_of(image));
+            }
+        }
+        self.slot.borrow_mut().wanted = true;
         Err(raft::Error::Store(
             raft::StorageError::SnapshotTemporarilyUnavailable,
         ))
     }
+}
+
+/// Raft's view of an image: its index, term and configuration. The body travels apart.
+fn snapshot_of(image: &SnapshotImage) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    let meta = snapshot.mut_metadata();
+    meta.index = image.state.raft_index;
+    meta.term = image.state.raft_term;
+    *meta.mut_conf_state() =
+        ConfState::from((image.state.voters.clone(), image.state.learners.clone()));
+    snapshot
 }
 
 /// What the raft node starts from: the last checkpoint and the WAL after it.
@@ -185,6 +234,9 @@ pub struct RaftNode<T: Transport, L: RaftLog, C: Clock> {
     clock: C,
     rng: rand::rngs::StdRng,
     inbox: flume::Receiver<RaftMsg>,
+    /// What the peer transport delivers; read before the local inbox, so heartbeats are
+    /// never queued behind a burst of proposals.
+    peer_inbox: flume::Receiver<PeerIncoming>,
     apply_tx: flume::Sender<ApplyMsg>,
     published: Arc<Published>,
     member_id: u64,
@@ -212,6 +264,7 @@ pub struct RaftNode<T: Transport, L: RaftLog, C: Clock> {
     )>,
     published_self: bool,
     on_serving: Option<oneshot::Sender<()>>,
+    slot: SharedSnapshotSlot,
 }
 
 impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
@@ -222,9 +275,11 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
         mut transport: T,
         clock: C,
         inbox: flume::Receiver<RaftMsg>,
+        peer_inbox: flume::Receiver<PeerIncoming>,
         apply_tx: flume::Sender<ApplyMsg>,
         published: Arc<Published>,
         on_serving: oneshot::Sender<()>,
+        slot: SharedSnapshotSlot,
     ) -> anyhow::Result<Self> {
         let mem = if boot.checkpoint_index == 0 {
             MemStorage::new_with_conf_state(boot.conf_state.clone())
@@ -246,6 +301,13 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             w.append(&boot.entries)
                 .map_err(|e| anyhow::anyhow!("restoring raft log: {e}"))?;
             let mut hs = boot.hard_state.clone();
+            // A commit index beyond the log is possible after a crash that lost a snapshot
+            // install's WAL tail; a lower commit index is always safe (raft learns it again).
+            let last = boot
+                .entries
+                .last()
+                .map_or(boot.checkpoint_index, |e| e.index);
+            hs.commit = hs.commit.min(last).max(boot.checkpoint_index);
             // etcd bootstraps a new member at term 1 (its membership entries) and then elects
             // at term 2; clients see that term in every header, so a new member starts there.
             if boot.checkpoint_index == 0 && boot.entries.is_empty() && hs.term == 0 {
@@ -266,7 +328,14 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
         };
         raft_cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let mut node = RawNode::new(&raft_cfg, RaftStore { mem }, &logger)?;
+        let mut node = RawNode::new(
+            &raft_cfg,
+            RaftStore {
+                mem,
+                slot: slot.clone(),
+            },
+            &logger,
+        )?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(boot.seed);
         let voters = node.raft.prs().conf().voters().ids().len();
         let single_voter = node.raft.prs().conf().voters().contains(boot.member_id)
@@ -299,6 +368,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             clock,
             rng,
             inbox,
+            peer_inbox,
             apply_tx,
             published,
             member_id: boot.member_id,
@@ -317,6 +387,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             publishing: None,
             published_self: false,
             on_serving: Some(on_serving),
+            slot,
         })
     }
 
@@ -332,14 +403,30 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
                 }
             } else if !self.ready_due() {
                 let inbox = self.inbox.clone();
+                let peer_inbox = self.peer_inbox.clone();
                 let recv = inbox.recv_async();
+                // A transport that stopped delivering (none in a one-member test) is never
+                // ready again rather than ready with an error at every turn.
+                let from_peer = async {
+                    match peer_inbox.recv_async().await {
+                        Ok(incoming) => incoming,
+                        Err(_) => futures::future::pending().await,
+                    }
+                };
                 let sleep = self.clock.sleep(next_tick - now);
-                futures::pin_mut!(recv);
-                match select(recv, sleep).await {
-                    Either::Left((Ok(msg), _)) => self.handle(msg)?,
+                futures::pin_mut!(recv, from_peer);
+                match select(select(from_peer, recv), sleep).await {
+                    Either::Left((Either::Left((incoming, _)), _)) => self.on_peer(incoming)?,
+                    Either::Left((Either::Right((Ok(msg), _)), _)) => self.handle(msg)?,
                     // Every handle dropped: the member is shutting down.
-                    Either::Left((Err(_), _)) => return Ok(()),
+                    Either::Left((Either::Right((Err(_), _)), _)) => return Ok(()),
                     Either::Right(_) => {}
+                }
+            }
+            for _ in 0..INBOX_BATCH_MAX {
+                match self.peer_inbox.try_recv() {
+                    Ok(incoming) => self.on_peer(incoming)?,
+                    Err(_) => break,
                 }
             }
             let mut reads = Vec::new();
@@ -357,6 +444,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             self.follow_election_timer();
             self.on_ready().await?;
             self.flush_batch()?;
+            self.request_snapshot()?;
         }
     }
 
@@ -445,10 +533,35 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
                     .apply_tx
                     .send(ApplyMsg::PeerRequest { from, body, reply });
             }
-            PeerIncoming::Snapshot { done, .. } => {
-                let _ = done.send(Err(
-                    "this member does not install snapshots from peers yet".into()
-                ));
+            PeerIncoming::Snapshot {
+                from,
+                meta,
+                chunks,
+                done,
+            } => match Message::parse_from_bytes(&meta) {
+                Ok(msg) if msg.get_msg_type() == MessageType::MsgSnapshot && msg.from == from => {
+                    // The applier stages the body, then hands the message back to be stepped.
+                    self.apply_tx
+                        .send(ApplyMsg::ReceiveSnapshot { msg, chunks, done })
+                        .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+                }
+                _ => {
+                    let _ = done.send(Err("not a snapshot message".into()));
+                }
+            },
+            PeerIncoming::SnapshotStatus { to, result } => {
+                let status = match result {
+                    Ok(()) => raft::SnapshotStatus::Finish,
+                    Err(e) => {
+                        crate::log_warn!(
+                            "failed to send database snapshot",
+                            "remote-peer-id" => crate::ids::format_id(to),
+                            "error" => e
+                        );
+                        raft::SnapshotStatus::Failure
+                    }
+                };
+                self.node.report_snapshot(to, status);
             }
             PeerIncoming::RemovedFromCluster { by } => {
                 crate::log_warn!(
@@ -581,11 +694,10 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             });
         }
         // A leader's appends may go out before its own sync (raft thesis 10.2.1).
-        self.transport.send(ready.take_messages());
+        let msgs = ready.take_messages();
+        self.send(msgs);
         if !ready.snapshot().is_empty() {
-            anyhow::bail!(
-                "the leader sent a snapshot; installing snapshots from peers is not built yet"
-            );
+            self.install_snapshot(ready.snapshot().clone()).await?;
         }
         self.batch.entries.extend(ready.take_committed_entries());
         if let Some(hs) = ready.hs() {
@@ -608,7 +720,8 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
                 self.batch.reads.push((rs.index, batch));
             }
         }
-        self.transport.send(ready.take_persisted_messages());
+        let msgs = ready.take_persisted_messages();
+        self.send(msgs);
         let mut light = self.node.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.node
@@ -618,11 +731,96 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
                 .mut_hard_state()
                 .set_commit(commit);
         }
-        self.transport.send(light.take_messages());
+        let msgs = light.take_messages();
+        self.send(msgs);
         self.batch.entries.extend(light.take_committed_entries());
         self.published
             .committed_index
             .store(self.node.raft.raft_log.committed, Ordering::Release);
+        Ok(())
+    }
+
+    /// Sends raft's messages; a snapshot goes on its own stream with the image's body.
+    fn send(&mut self, msgs: Vec<Message>) {
+        let mut plain = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            if m.get_msg_type() != MessageType::MsgSnapshot {
+                plain.push(m);
+                continue;
+            }
+            let image = self.slot.borrow().image.clone();
+            match image {
+                Some(image) if image.index() == m.get_snapshot().get_metadata().index => {
+                    crate::log_info!(
+                        "sending database snapshot",
+                        "remote-peer-id" => crate::ids::format_id(m.to),
+                        "snapshot-index" => image.index(),
+                        "events" => image.events.len()
+                    );
+                    let meta = Bytes::from(
+                        m.write_to_bytes()
+                            .expect("encoding a raft message cannot fail"),
+                    );
+                    self.transport
+                        .send_snapshot(m.to, meta, Box::new(ImageEncoder::new(image)));
+                }
+                _ => self
+                    .node
+                    .report_snapshot(m.to, raft::SnapshotStatus::Failure),
+            }
+        }
+        if !plain.is_empty() {
+            self.transport.send(plain);
+        }
+    }
+
+    /// Asks the applier for a snapshot when raft wanted one and none is being built.
+    fn request_snapshot(&mut self) -> anyhow::Result<()> {
+        let mut slot = self.slot.borrow_mut();
+        if slot.wanted && !slot.generating {
+            slot.wanted = false;
+            slot.generating = true;
+            self.apply_tx
+                .send(ApplyMsg::GenerateSnapshot)
+                .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+        }
+        Ok(())
+    }
+
+    /// A follower's raft accepted a snapshot (its body already staged by the applier): the
+    /// applier makes it the member's state before the log goes on past it. The raft node
+    /// waits for that, the one time it waits for the applier: nothing after the snapshot can
+    /// be persisted or applied before it.
+    async fn install_snapshot(&mut self, snapshot: Snapshot) -> anyhow::Result<()> {
+        let index = snapshot.get_metadata().index;
+        crate::log_info!(
+            "applying snapshot",
+            "local-member-id" => crate::ids::format_id(self.member_id),
+            "snapshot-index" => index
+        );
+        // Everything handed out so far goes first: the applier's queue stays in log order.
+        self.flush_batch()?;
+        let (reply, rx) = oneshot::channel();
+        self.apply_tx
+            .send(ApplyMsg::InstallSnapshot { index, reply })
+            .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the applier stopped"))?
+            .map_err(|e| anyhow::anyhow!("installing the snapshot at {index}: {e}"))?;
+        self.node
+            .mut_store()
+            .mem
+            .wl()
+            .apply_snapshot(snapshot)
+            .map_err(|e| anyhow::anyhow!("applying the snapshot to raft's log: {e}"))?;
+        self.handed_out = index;
+        // The WAL's entries up to the snapshot are never replayed again.
+        self.on_checkpoint_saved(index)?;
+        crate::log_info!(
+            "applied snapshot",
+            "local-member-id" => crate::ids::format_id(self.member_id),
+            "snapshot-index" => index
+        );
         Ok(())
     }
 

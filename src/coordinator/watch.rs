@@ -86,6 +86,11 @@ pub enum WatchInput {
         revision: i64,
         events: Vec<Event>,
     },
+    /// The store jumped to `revision` (a snapshot from the leader was installed): watchers
+    /// catch up from the shards' history instead of from the feed.
+    Reset {
+        revision: i64,
+    },
 }
 
 pub enum WatchMsg {
@@ -508,6 +513,15 @@ impl WatchHub {
                 assert!(revision > *current, "the hub is fed revisions in order");
                 *current = revision;
                 self.on_apply(revision, &events);
+                Ok(())
+            }
+            WatchInput::Reset { revision } => {
+                *current = revision;
+                for s in self.streams.values_mut() {
+                    for w in s.watchers.values_mut() {
+                        w.synced = false;
+                    }
+                }
                 Ok(())
             }
         }

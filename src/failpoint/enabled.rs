@@ -68,17 +68,6 @@ pub fn status(name: &str) -> Result<Option<String>, String> {
     Ok(active.get(name).cloned())
 }
 
-/// A panic anywhere (a `panic` term, or a broken invariant) ends the process with exit code 2,
-/// as a Go panic ends etcd: otherwise it would end one executor and leave a half-dead member,
-/// which the robustness suite cannot restart.
-pub fn install_panic_exit() {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        previous(info);
-        std::process::exit(2);
-    }));
-}
-
 /// Starts the endpoint on `address` (host:port) in its own thread.
 pub fn serve_http(address: &str) -> std::io::Result<()> {
     let listener = TcpListener::bind(address)?;

@@ -71,6 +71,8 @@ pub enum Role {
     Client,
     /// `--listen-metrics-urls`: only /metrics, /health, /livez and /readyz, as etcd.
     Metrics,
+    /// `--listen-peer-urls`: the peer protocol (`crate::peer`), never in a [`ListenPlan`].
+    Peer,
 }
 
 /// One listening address and the kinds of traffic on it (etcd's `serveCtx`).
@@ -130,7 +132,8 @@ pub fn metrics_listeners(urls: &[Url], tls: Option<&TlsInfo>) -> anyhow::Result<
     group(urls, Role::Metrics)
 }
 
-fn group(urls: &[Url], role: Role) -> anyhow::Result<Vec<ListenerSpec>> {
+/// Groups URLs by the address they listen on (plaintext and TLS URLs of one address share it).
+pub(crate) fn group(urls: &[Url], role: Role) -> anyhow::Result<Vec<ListenerSpec>> {
     let mut out: Vec<ListenerSpec> = Vec::new();
     for u in urls {
         let addr = if u.is_unix() {
@@ -262,7 +265,7 @@ async fn accept_failed(e: std::io::Error) {
 }
 
 /// Streams whose first byte can be looked at without consuming it.
-trait Peek {
+pub(crate) trait Peek {
     async fn peek_byte(&self) -> std::io::Result<Option<u8>>;
 }
 
@@ -283,10 +286,10 @@ impl Peek for glommio::net::UnixStream {
 }
 
 /// The first byte of every TLS connection: a handshake record.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+pub(crate) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// `f`'s output, or `None` once `d` has passed.
-async fn timeout<F: std::future::Future>(d: Duration, f: F) -> Option<F::Output> {
+pub(crate) async fn timeout<F: std::future::Future>(d: Duration, f: F) -> Option<F::Output> {
     let f = std::pin::pin!(f);
     let t = std::pin::pin!(glommio::timer::sleep(d));
     match futures::future::select(f, t).await {
@@ -484,6 +487,7 @@ impl ListenPlan {
             let l = bind(s).map_err(|e| match s.role {
                 Role::Client => format!("listening for client requests on {}: {e}", s.addr),
                 Role::Metrics => format!("listening for metrics on {}: {e}", s.addr),
+                Role::Peer => format!("listening for peers on {}: {e}", s.addr),
             })?;
             out.push((l, i));
         }
@@ -535,6 +539,8 @@ impl ListenPlan {
                         crate::log_info!("serving metrics", "address" => u.clone());
                     }
                 }
+                // The peer transport logs its own listeners (`crate::peer`).
+                Role::Peer => {}
             }
         }
     }

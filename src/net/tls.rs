@@ -1,4 +1,4 @@
-//! TLS for the client, metrics and (future) peer listeners, with rustls and the *ring* provider.
+//! TLS for the client, metrics and peer listeners, with rustls and the *ring* provider.
 //!
 //! This mirrors etcd's `transport.TLSInfo` (client/pkg/transport/listener.go):
 //! - `--trusted-ca-file` or `--client-cert-auth` makes client certificates mandatory and
@@ -204,7 +204,6 @@ pub fn peer_tls_info(cfg: &Config) -> anyhow::Result<Option<TlsInfo>> {
 /// Generates the `--peer-auto-tls` certificate if needed. The peer transport must also call
 /// [`check_client_cert_san`] after the handshake unless `skip_client_san_verify` is set, as
 /// etcd's peer listener does.
-#[allow(dead_code)] // for the peer transport
 pub fn peer_server_config(cfg: &Config) -> anyhow::Result<Option<Arc<ServerConfig>>> {
     match peer_tls_info(cfg)? {
         None => Ok(None),
@@ -216,7 +215,6 @@ pub fn peer_server_config(cfg: &Config) -> anyhow::Result<Option<Arc<ServerConfi
 /// the peer client certificate (`--peer-client-cert-file`, else `--peer-cert-file`) and
 /// verifies servers against `--peer-trusted-ca-file` (system roots without it); with
 /// `--peer-auto-tls` it skips verification, as etcd does.
-#[allow(dead_code)] // for the peer transport
 pub fn peer_client_config(cfg: &Config) -> anyhow::Result<Option<Arc<ClientConfig>>> {
     match peer_tls_info(cfg)? {
         None => Ok(None),
@@ -956,7 +954,7 @@ pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
 }
 
 /// The DNS and IP subject alternative names of a DER certificate.
-fn sans(der: &CertificateDer<'_>) -> (Vec<String>, Vec<IpAddr>) {
+pub(crate) fn sans(der: &CertificateDer<'_>) -> (Vec<String>, Vec<IpAddr>) {
     let mut dns = Vec::new();
     let mut ips = Vec::new();
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
@@ -1002,8 +1000,8 @@ pub fn cert_matches_host(der: &CertificateDer<'_>, host: &str) -> bool {
 
 /// etcd's `checkCertSAN` for the peer listener: a client certificate with IP or DNS SANs must
 /// name the remote address (an IP SAN, or a DNS SAN that resolves to it). Reverse (PTR)
-/// lookups, which Go also tries, are not done.
-#[allow(dead_code)] // for the peer transport
+/// lookups, which Go also tries, are not done. DNS names are resolved here, blocking: call it
+/// off the executor thread.
 pub fn check_client_cert_san(der: &CertificateDer<'_>, remote: IpAddr) -> Result<(), String> {
     use std::net::ToSocketAddrs;
     let (dns, ips) = sans(der);

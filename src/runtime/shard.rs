@@ -7,8 +7,8 @@ use futures::channel::oneshot;
 use super::disk::FileStorage;
 use shards::{
     Compare, CompareOutcome, DeleteRangeRequest, DeleteRangeResponse, Event, KeyValue, MvccError,
-    MvccStore, PutRequest, PutResponse, RangeRequest, RangeResponse, SegmentLog, TxnOutcome,
-    TxnRequest,
+    MvccStore, PutRequest, PutResponse, RangeRequest, RangeResponse, SegmentLog, Storage,
+    TxnOutcome, TxnRequest,
 };
 
 /// Messages a shard worker accepts. Replies travel over `Send` oneshots.
@@ -81,6 +81,27 @@ pub enum ShardMsg {
     Stats {
         reply: oneshot::Sender<ShardStats>,
     },
+    /// Every version this shard retains, for a snapshot to a follower: sent between two
+    /// applied entries, so every shard answers as of the same one.
+    Retained {
+        reply: oneshot::Sender<Vec<Event>>,
+    },
+    /// Part of a snapshot from the leader: write `events` (this shard's share, in revision
+    /// order) into a new segment log in `layout`. The message with `finish` (the snapshot's
+    /// raft index and compact revision) completes it and syncs it.
+    Stage {
+        layout: String,
+        events: Vec<Event>,
+        finish: Option<(u64, i64)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The snapshot staged in `layout` is now the checkpoint (its state file is saved): the
+    /// shard switches to it, rebuilding its store, and answers the keys attached to leases.
+    Install {
+        layout: String,
+        index: u64,
+        reply: oneshot::Sender<Result<Vec<(Bytes, i64)>, String>>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -97,10 +118,21 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 /// while it reclaims disk after a compaction.
 const REWRITE_BUDGET_BYTES: u64 = 256 * 1024;
 
-/// One shard: its store, and the segment log that makes it durable at checkpoints.
-pub struct Shard {
+/// Opens the storage of shard `shard` in a layout (a directory of the data dir in the server,
+/// a map entry in the simulation): how a shard builds a new segment log for a snapshot.
+pub type StorageOpener<S> = Box<dyn Fn(&str, usize) -> std::io::Result<S> + Send>;
+
+/// One shard: its store, and the segment log that makes it durable at checkpoints. The server
+/// keeps segments in files; the simulation in memory.
+pub struct Shard<S: Storage = FileStorage> {
     pub store: MvccStore,
-    log: SegmentLog<FileStorage>,
+    log: SegmentLog<S>,
+    /// Which shard this is, and how to open its storage in another layout.
+    index: usize,
+    opener: StorageOpener<S>,
+    segment_bytes_max: u64,
+    /// A snapshot being staged: its layout and the new segment log.
+    staging: Option<(String, SegmentLog<S>)>,
     /// The events of the raft entry being applied: one entry can reach a shard as several
     /// messages (multi-shard txns and delete ranges), and the log takes one record per entry.
     pending: Option<(u64, i64, Vec<Event>)>,
@@ -111,11 +143,21 @@ pub struct Shard {
     failure: Option<String>,
 }
 
-impl Shard {
-    pub fn new(store: MvccStore, log: SegmentLog<FileStorage>) -> Shard {
+impl<S: Storage> Shard<S> {
+    pub fn new(
+        store: MvccStore,
+        log: SegmentLog<S>,
+        index: usize,
+        opener: StorageOpener<S>,
+        segment_bytes_max: u64,
+    ) -> Self {
         Shard {
             store,
             log,
+            index,
+            opener,
+            segment_bytes_max,
+            staging: None,
             pending: None,
             rewrite_due: true,
             failure: None,
@@ -163,8 +205,84 @@ impl Shard {
         }
     }
 
+    /// Appends this shard's part of a leader's snapshot to the staged segment log. Each
+    /// revision is recorded at raft index revision - 1: below the snapshot's index, and
+    /// increasing (the entry that made revision r has index at least r - 1, since the leader's
+    /// first entry, index 1, writes nothing).
+    fn stage(
+        &mut self,
+        layout: String,
+        events: Vec<Event>,
+        finish: Option<(u64, i64)>,
+    ) -> Result<(), String> {
+        if self.staging.as_ref().is_none_or(|(l, _)| *l != layout) {
+            let storage = (self.opener)(&layout, self.index)
+                .map_err(|e| format!("creating the staged shard {}: {e}", self.index))?;
+            let (log, _, last) =
+                SegmentLog::open(storage, self.segment_bytes_max).map_err(|e| e.to_string())?;
+            if last != 0 {
+                return Err(format!("the staged shard {} is not empty", self.index));
+            }
+            self.staging = Some((layout, log));
+        }
+        let (_, log) = self.staging.as_mut().expect("just set");
+        let mut start = 0;
+        while start < events.len() {
+            let revision = events[start].kv.mod_revision;
+            let end = start
+                + events[start..]
+                    .iter()
+                    .take_while(|e| e.kv.mod_revision == revision)
+                    .count();
+            let index = u64::try_from(revision - 1).map_err(|_| "a revision below 1")?;
+            if index <= log.last_raft_index() && log.last_raft_index() != 0 {
+                return Err(format!("snapshot revision {revision} out of order"));
+            }
+            log.append(index, revision, &events[start..end])
+                .map_err(|e| e.to_string())?;
+            start = end;
+        }
+        if let Some((snapshot_index, compact_revision)) = finish {
+            if log.last_raft_index() >= snapshot_index {
+                return Err(format!(
+                    "revisions reach raft index {} at or past the snapshot's {snapshot_index}",
+                    log.last_raft_index()
+                ));
+            }
+            if compact_revision > 0 {
+                log.append_compaction(snapshot_index, compact_revision)
+                    .map_err(|e| e.to_string())?;
+            }
+            log.sync().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Switches to the staged snapshot: its log becomes this shard's, opened (and the store
+    /// rebuilt) as of the snapshot's raft index.
+    fn install(&mut self, layout: &str, index: u64) -> Result<Vec<(Bytes, i64)>, String> {
+        let storage = match self.staging.take() {
+            Some((l, log)) if l == layout => log.into_storage(),
+            _ => (self.opener)(layout, self.index).map_err(|e| e.to_string())?,
+        };
+        let (log, store, _) = SegmentLog::open_at(storage, self.segment_bytes_max, Some(index))
+            .map_err(|e| format!("opening the installed shard {}: {e}", self.index))?;
+        let leased = store.leased_keys();
+        self.store = store;
+        self.log = log;
+        self.pending = None;
+        self.failure = None;
+        self.rewrite_due = true;
+        Ok(leased)
+    }
+
+    /// Whether old segments wait to be rewritten after a compaction.
+    pub fn rewrite_due(&self) -> bool {
+        self.rewrite_due
+    }
+
     /// One bounded step of rewriting old segments; false when there is nothing left to do.
-    fn rewrite_step(&mut self) -> bool {
+    pub fn rewrite_step(&mut self) -> bool {
         if !self.rewrite_due || self.failure.is_some() {
             return false;
         }
@@ -208,7 +326,7 @@ pub async fn run(rx: flume::Receiver<ShardMsg>, mut shard: Shard) {
     }
 }
 
-pub fn handle(shard: &mut Shard, msg: ShardMsg) {
+pub fn handle<S: Storage>(shard: &mut Shard<S>, msg: ShardMsg) {
     let store = &mut shard.store;
     match msg {
         ShardMsg::Range {
@@ -313,6 +431,26 @@ pub fn handle(shard: &mut Shard, msg: ShardMsg) {
         }
         ShardMsg::HashKv { revision, reply } => {
             let _ = reply.send(store.hash_records(revision));
+        }
+        ShardMsg::Retained { reply } => {
+            let mut events = store.retained_events();
+            events.sort_by_key(|e| (e.kv.mod_revision, e.sub_revision));
+            let _ = reply.send(events);
+        }
+        ShardMsg::Stage {
+            layout,
+            events,
+            finish,
+            reply,
+        } => {
+            let _ = reply.send(shard.stage(layout, events, finish));
+        }
+        ShardMsg::Install {
+            layout,
+            index,
+            reply,
+        } => {
+            let _ = reply.send(shard.install(&layout, index));
         }
         ShardMsg::Stats { reply } => {
             let _ = reply.send(ShardStats {

@@ -17,6 +17,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};

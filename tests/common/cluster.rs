@@ -1,0 +1,352 @@
+//! Several rusd processes as one cluster, for tests: members started together (each waits for
+//! the others to elect a leader), their peer links through proxies the test can blackhole.
+//!
+//! Each member listens for peers on a port of its own and advertises a proxy's port instead.
+//! A proxy reads the first frame of every connection (the peer protocol's handshake, which
+//! names the sender) before it forwards anything, so it knows who talks to whom: cutting a
+//! member off drops its connections in both directions and refuses new ones.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{free_port, spawn_reader, Client};
+
+/// How long a whole cluster may take to serve.
+const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Member IDs that may not talk to anyone, shared by every proxy.
+type Cut = Arc<Mutex<BTreeSet<u64>>>;
+
+struct Proxy {
+    /// Open connections with the sender each named, so a cut can close them.
+    conns: Arc<Mutex<Vec<(u64, TcpStream)>>>,
+}
+
+impl Proxy {
+    /// Forwards `listen` to `target`, the peer port of member `owner`.
+    fn start(listener: TcpListener, target: u16, owner: u64, cut: Cut) -> Proxy {
+        let conns: Arc<Mutex<Vec<(u64, TcpStream)>>> = Arc::default();
+        let list = conns.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut inbound) = stream else { return };
+                let cut = cut.clone();
+                let list = list.clone();
+                thread::spawn(move || {
+                    // The preamble, then the handshake frame: a big-endian length and the
+                    // protobuf handshake with the sender's ID.
+                    let mut head = vec![0u8; 12];
+                    if inbound.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes(head[8..12].try_into().unwrap()) as usize;
+                    if len > 64 * 1024 {
+                        return;
+                    }
+                    let mut frame = vec![0u8; len];
+                    if inbound.read_exact(&mut frame).is_err() {
+                        return;
+                    }
+                    let Ok(hello) = rusd::peer::wire::decode_handshake(Bytes::from(frame.clone()))
+                    else {
+                        return;
+                    };
+                    let from = hello.from;
+                    {
+                        let cut = cut.lock().unwrap();
+                        if cut.contains(&from) || cut.contains(&owner) {
+                            return;
+                        }
+                    }
+                    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)) else {
+                        return;
+                    };
+                    if outbound.write_all(&head).is_err() || outbound.write_all(&frame).is_err() {
+                        return;
+                    }
+                    {
+                        let mut list = list.lock().unwrap();
+                        list.push((from, inbound.try_clone().unwrap()));
+                        list.push((from, outbound.try_clone().unwrap()));
+                    }
+                    let (mut a, mut b) =
+                        (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(Shutdown::Both);
+                    });
+                    let _ = std::io::copy(&mut outbound, &mut inbound);
+                    let _ = inbound.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Proxy { conns }
+    }
+
+    /// Closes the open connections of `member` (or all of them when `member` owns this proxy).
+    fn sever(&self, member: u64, owner: u64) {
+        let mut conns = self.conns.lock().unwrap();
+        conns.retain(|(from, stream)| {
+            if *from == member || member == owner {
+                let _ = stream.shutdown(Shutdown::Both);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+pub struct Member {
+    pub name: String,
+    pub id: u64,
+    pub client_port: u16,
+    peer_port: u16,
+    proxy_port: u16,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Member {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url()).await
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    proxies: Vec<Proxy>,
+    cut: Cut,
+    initial_cluster: String,
+    _dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` members (`--shards 1` each) and waits until every one serves.
+    pub fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("rusd-cluster-")
+            .tempdir()
+            .unwrap();
+        let cut: Cut = Arc::default();
+        let mut members = Vec::new();
+        let mut listeners = Vec::new();
+        for i in 0..n {
+            let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+            let proxy_port = proxy.local_addr().unwrap().port();
+            listeners.push(proxy);
+            members.push(Member {
+                name: format!("m{i}"),
+                id: 0,
+                client_port: free_port(),
+                peer_port: free_port(),
+                proxy_port,
+                data_dir: dir.path().join(format!("m{i}")),
+                child: None,
+                log: Arc::default(),
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.proxy_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            members,
+            proxies: Vec::new(),
+            cut: cut.clone(),
+            initial_cluster,
+            _dir: dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        let ready: Vec<_> = (0..n).map(|i| cluster.spawn(i)).collect();
+        for (i, rx) in ready.into_iter().enumerate() {
+            cluster.wait_ready(i, rx);
+        }
+        for (i, l) in listeners.into_iter().enumerate() {
+            let m = &cluster.members[i];
+            cluster
+                .proxies
+                .push(Proxy::start(l, m.peer_port, m.id, cut.clone()));
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) -> mpsc::Receiver<bool> {
+        let (bin, _) = super::server_binary();
+        let m = &mut self.members[i];
+        let mut cmd = Command::new(bin);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["--name", &m.name, "--shards", "1", "--data-dir"])
+            .arg(&m.data_dir)
+            .args([
+                "--listen-client-urls",
+                &m.url(),
+                "--advertise-client-urls",
+                &m.url(),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer_port),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", m.proxy_port),
+                "--initial-cluster",
+                &self.initial_cluster,
+                "--initial-cluster-token",
+                "test-cluster",
+            ])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawning a member");
+        let (tx, rx) = mpsc::channel();
+        spawn_reader(
+            child.stdout.take().unwrap(),
+            m.log.clone(),
+            Some(tx.clone()),
+        );
+        spawn_reader(child.stderr.take().unwrap(), m.log.clone(), Some(tx));
+        m.child = Some(child);
+        rx
+    }
+
+    fn wait_ready(&mut self, i: usize, rx: mpsc::Receiver<bool>) {
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        loop {
+            if let Ok(true) = rx.recv_timeout(Duration::from_millis(50)) {
+                break;
+            }
+            let m = &mut self.members[i];
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "{} exited ({st}); its log:\n{}",
+                    m.name,
+                    m.log.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not serve in time; its log:\n{}",
+                m.name,
+                m.log.lock().unwrap()
+            );
+        }
+        let log = self.members[i].log.lock().unwrap().clone();
+        let id = log
+            .lines()
+            .filter(|l| l.contains("\"member identity\""))
+            .filter_map(|l| l.split("\"local-member-id\":\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .last()
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .expect("the member logs its identity");
+        self.members[i].id = id;
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a stopped member again on its data dir and waits until it serves.
+    pub fn restart(&mut self, i: usize) {
+        assert!(!self.members[i].is_up());
+        let rx = self.spawn(i);
+        self.wait_ready(i, rx);
+    }
+
+    /// Cuts member `i` off from every other member, both ways.
+    pub fn isolate(&self, i: usize) {
+        let id = self.members[i].id;
+        self.cut.lock().unwrap().insert(id);
+        for (j, p) in self.proxies.iter().enumerate() {
+            p.sever(id, self.members[j].id);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.lock().unwrap().clear();
+    }
+
+    /// The index of the member every running member names as leader, if they agree.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut seen = None;
+        for m in self.members.iter().filter(|m| m.is_up()) {
+            let leader = m.client().await.status().await.leader;
+            if leader == 0 || seen.is_some_and(|s| s != leader) {
+                return None;
+            }
+            seen = Some(leader);
+        }
+        self.members.iter().position(|m| Some(m.id) == seen)
+    }
+
+    /// Waits until the running members agree on a leader (among `allowed`), for at most
+    /// `within`.
+    pub async fn wait_leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.leader().await {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .filter(|m| m.is_up())
+            .map(|m| m.endpoint())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
