@@ -15,6 +15,9 @@ const PROTOS: &[&str] = &[
     "etcd/v3lockpb/v3lock.proto",
 ];
 
+/// gRPC's own protos (the health service etcd registers on its client port), under
+/// `third_party/`.
+const GRPC_PROTOS: &[&str] = &["third_party/grpc/health/v1/health.proto"];
 /// rusd's own peer protocol (docs/peer-protocol.md).
 const PEER_PROTO: &str = "peer/rusdpeer.proto";
 
@@ -22,16 +25,22 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR not set"));
 
     println!("cargo:rerun-if-changed=build.rs");
-    for p in PROTOS {
+    for p in PROTOS.iter().chain(GRPC_PROTOS) {
         println!("cargo:rerun-if-changed={p}");
     }
 
     // Include root is `etcd/`, so files are named e.g. `mvccpb/kv.proto`.
+    // gRPC's files keep their `grpc/...` names, under `third_party/` as include root.
     let files: Vec<&str> = PROTOS
         .iter()
         .map(|p| p.strip_prefix("etcd/").unwrap())
+        .chain(
+            GRPC_PROTOS
+                .iter()
+                .map(|p| p.strip_prefix("third_party/").unwrap()),
+        )
         .collect();
-    let fds = match protox::compile(&files, ["etcd"]) {
+    let fds = match protox::compile(&files, ["etcd", "third_party"]) {
         Ok(fds) => fds,
         Err(e) => panic!("failed to compile etcd protos: {e:?}"),
     };

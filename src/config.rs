@@ -767,7 +767,7 @@ pub static FLAGS: &[FlagSpec] = &[
     f("experimental-warning-apply-duration", Duration, "100ms", G_EXP, "Warn when applying a request takes longer.", NE_EXP),
     f("experimental-memory-mlock", Bool, "false", G_EXP, "mlock the process memory.", NE_EXP),
     f("experimental-txn-mode-write-with-shared-buffer", Bool, "true", G_EXP, "Write txns share the read buffer.", NE_TUNE),
-    f("experimental-stop-grpc-service-on-defrag", Bool, "false", G_EXP, "Stop serving during defragmentation.", NE_EXP),
+    f("experimental-stop-grpc-service-on-defrag", Bool, "false", G_EXP, "Stop serving during defragmentation.", None),
     f("experimental-bootstrap-defrag-threshold-megabytes", Uint, "0", G_EXP, "Defragment at boot when this much would be freed.", Some("nothing to defragment at boot: shard segments are rewritten after each compaction, so no freeable space accumulates; with a threshold set, start-up logs etcd's \"Skipping defragmentation\" line with the sizes")),
     f("experimental-snapshot-catchup-entries", Uint, "5000", G_EXP, "Entries kept for slow followers after a snapshot.", NE_CLUSTER),
     // unsafe

@@ -19,6 +19,7 @@ use crate::{api, coordinator, ids, logging, net, recovery, runtime};
 
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     logging::init(cfg.log_level, &cfg.log_outputs)?;
+    crate::failpoint::init_from_env().map_err(|e| anyhow::anyhow!("failpoints: {e}"))?;
     stop_on_panic();
     cfg.emit_startup_logs();
     cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -160,6 +161,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         )?),
         gateway_streams: api::gateway::StreamGate::new(cfg.max_concurrent_streams),
         cors: Arc::new(cfg.cors.clone()),
+        health: api::health::HealthState::new(cfg.experimental_stop_grpc_service_on_defrag),
         peers: Arc::new(std::sync::OnceLock::new()),
     };
 
@@ -318,6 +320,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "the coordinator stopped before serving".into());
         anyhow::bail!("{msg}");
     }
+    ctx.health.mark_serving();
     listen_plan.log_ready();
 
     // From here the process lives until a signal or a fatal error.

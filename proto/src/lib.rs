@@ -40,6 +40,11 @@ pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
 }
 
+/// gRPC's health checking protocol (`grpc.health.v1`), which etcd serves on its client port.
+pub mod grpc_health_v1 {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+}
+
 /// rusd's peer protocol (`proto/peer/rusdpeer.proto`, docs/peer-protocol.md): handshake,
 /// raft batches, requests and snapshot streams between members. Not part of etcd's API and not
 /// in [`FILE_DESCRIPTOR_SET`].
@@ -48,6 +53,6 @@ pub mod rusdpeer {
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of the five packages (as
-/// compiled from `proto/etcd`), e.g. for gRPC reflection or compat checks.
+/// compiled from `proto/etcd`) and of `grpc.health.v1`, e.g. for gRPC reflection or compat checks.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));

@@ -148,9 +148,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.ctx.require_admin(&request)?;
+        let _not_serving = self.ctx.health.defrag_started();
+        crate::failpoint!("defragBeforeCopy");
         // Nothing to do: compaction frees shard memory and rewrites segments incrementally,
         // so there is never fragmentation to reclaim in one stop-the-world pass. etcd answers
         // without a header.
+        crate::failpoint!("defragBeforeRename");
         Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 

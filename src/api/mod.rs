@@ -5,6 +5,7 @@ pub mod auth;
 pub mod convert;
 pub mod election;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -44,6 +45,9 @@ pub struct Context {
     pub gateway_streams: Arc<gateway::StreamGate>,
     /// `--cors`: origins the HTTP side answers with CORS headers.
     pub cors: Arc<Vec<String>>,
+    /// What `grpc.health.v1.Health` answers (NOT_SERVING during a defragmentation with
+    /// `--experimental-stop-grpc-service-on-defrag`).
+    pub health: Arc<health::HealthState>,
     /// Requests to other members (a follower forwarding lease work to the leader); set once
     /// core 0 has started the peer transport.
     pub peers: Arc<std::sync::OnceLock<crate::peer::PeerClient>>,

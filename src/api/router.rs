@@ -1,6 +1,6 @@
 //! Routes one connection's requests: gRPC by service path to the tonic-generated servers,
 //! `/v3/...` to the JSON gateway (which calls back in here), anything else to the HTTP
-//! endpoints. An unknown gRPC service or method answers code 12
+//! endpoints; gRPC's `grpc.health.v1.Health` as etcd registers it. An unknown gRPC service or method answers code 12
 //! (Unimplemented), which clients such as Kubernetes use to detect missing RPCs.
 
 use std::convert::Infallible;
@@ -12,8 +12,10 @@ use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use proto::grpc_health_v1::health_server::HealthServer;
 use tower_service::Service;
 
+use super::health::HealthService;
 use super::http::Body;
 use super::kv::KvService;
 use super::lease::LeaseService;
@@ -33,6 +35,7 @@ pub struct Router {
     cluster: ClusterServer<ClusterService>,
     lease: LeaseServer<LeaseService>,
     watch: WatchServer<WatchService>,
+    health: HealthServer<HealthService>,
 }
 
 impl Router {
@@ -54,6 +57,8 @@ impl Router {
             watch: WatchServer::new(WatchService { ctx: ctx.clone() })
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
+            health: HealthServer::new(HealthService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit),
             ctx,
         }
     }
@@ -160,6 +165,25 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if self.ctx.health.is_serving() {
+            return self.route(req);
+        }
+        // As etcd: nothing is answered before the member is ready (WAL replayed, attributes
+        // published), or a client could read an older revision than it wrote before a restart.
+        let mut router = self.clone();
+        Box::pin(async move {
+            router.ctx.health.wait_serving().await;
+            router.route(req).await
+        })
+    }
+}
+
+impl Router {
+    fn route<B>(&mut self, req: http::Request<B>) -> BoxFuture
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
         let path = req.uri().path();
         if requires_leader_missing(&self.ctx, &req) {
             // etcd's interceptors: a call marked `hasleader: true` (clientv3's
@@ -185,6 +209,10 @@ where
         }
         if path.starts_with("/etcdserverpb.Cluster/") {
             let mut s = self.cluster.clone();
+            return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
+        }
+        if path.starts_with("/grpc.health.v1.Health/") {
+            let mut s = self.health.clone();
             return Box::pin(async move { s.call(req).await.map(grpc_go_size_status) });
         }
         if path.starts_with("/etcdserverpb.Auth/") {

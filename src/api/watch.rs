@@ -209,9 +209,12 @@ impl pb::watch_server::Watch for WatchService {
         .detach();
         let ctx = self.ctx.clone();
         // The hub fills `out_rx` from core 0; the response stream drains it directly.
-        let responses = out_rx
-            .into_stream()
-            .map(move |out| Ok(response_out(&ctx, out)));
+        let responses = out_rx.into_stream().map(move |out| {
+            // etcd's (patched-in) beforeSendWatchResponse; a sleep term here blocks this
+            // core's executor, not only this stream (docs/robustness.md).
+            crate::failpoint!("beforeSendWatchResponse");
+            Ok(response_out(&ctx, out))
+        });
         Ok(Response::new(Box::pin(responses)))
     }
 }

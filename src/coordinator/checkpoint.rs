@@ -266,6 +266,9 @@ pub fn write(dir: &Path, state: &CheckpointState) -> Result<(), CheckpointError>
     let bytes = encode_state(state);
     let tmp = dir.join(format!("{CHECKPOINT_FILE_NAME}.tmp"));
     let path = dir.join(CHECKPOINT_FILE_NAME);
+    // etcd records its applied (consistent) index in bolt in the pre-commit hook; this file is
+    // where rusd records it.
+    crate::failpoint!("commitBeforePreCommitHook");
     let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(&bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
@@ -273,7 +276,9 @@ pub fn write(dir: &Path, state: &CheckpointState) -> Result<(), CheckpointError>
     fs::rename(&tmp, &path).map_err(io(&path))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+        .map_err(io(dir))?;
+    crate::failpoint!("commitAfterPreCommitHook");
+    Ok(())
 }
 
 #[cfg(test)]

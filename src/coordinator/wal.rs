@@ -521,12 +521,14 @@ fn writer(
     for job in rx {
         match job {
             WalJob::Append { records, done } => {
+                crate::failpoint!("raftBeforeSave");
                 let result = match failed.take() {
                     Some(e) => Err(e),
                     None => file
                         .write_all_at(&records, offset)
                         .and_then(|()| file.sync_data()),
                 };
+                crate::failpoint!("raftAfterSave");
                 if result.is_ok() {
                     offset += records.len() as u64;
                 }

@@ -286,7 +286,10 @@ impl<S: Storage> Shard<S> {
         if !self.rewrite_due || self.failure.is_some() {
             return false;
         }
-        match self.log.compact_step(&self.store, REWRITE_BUDGET_BYTES) {
+        crate::failpoint!("compactBeforeCommitBatch");
+        let step = self.log.compact_step(&self.store, REWRITE_BUDGET_BYTES);
+        crate::failpoint!("compactAfterCommitBatch");
+        match step {
             Ok(more) => self.rewrite_due = more,
             Err(e) => {
                 self.failure.get_or_insert_with(|| e.to_string());
@@ -400,12 +403,18 @@ pub fn handle<S: Storage>(shard: &mut Shard<S>, msg: ShardMsg) {
         } => {
             store.compact(revision);
             shard.flush();
+            crate::failpoint!("compactBeforeCommitScheduledCompact");
             let result = shard.log.append_compaction(index, revision);
+            crate::failpoint!("compactAfterCommitScheduledCompact");
             shard.note(result);
             let _ = reply.send(());
         }
         ShardMsg::Checkpoint { index, reply } => {
-            let _ = reply.send(shard.checkpoint(index));
+            // etcd's backend commit makes the applied state durable; here the segment sync is.
+            crate::failpoint!("beforeCommit");
+            let result = shard.checkpoint(index);
+            crate::failpoint!("afterCommit");
+            let _ = reply.send(result);
         }
         ShardMsg::CheckpointSaved => {
             shard.log.checkpoint_saved();
