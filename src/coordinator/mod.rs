@@ -1022,17 +1022,19 @@ impl Coordinator {
             let e = &entries[i];
             self.applying_index = e.index;
             self.apply_entry(e).await?;
-            self.mark_applied(e.index);
+            self.mark_applied(e.index, self.revision);
             i += 1;
         }
-        self.published
-            .revision
-            .store(self.revision, Ordering::Release);
         Ok(())
     }
 
-    fn mark_applied(&mut self, index: u64) {
+    /// Records `index` as applied and publishes it with the store revision it left. Called
+    /// before the entry's proposer is answered: a client that has its answer may send its next
+    /// request to any core, and that request must not be checked against (or read at) a
+    /// revision older than the one it was told.
+    fn mark_applied(&mut self, index: u64, revision: i64) {
         self.applied_index = index;
+        self.published.revision.store(revision, Ordering::Release);
         self.published.applied_index.store(index, Ordering::Release);
     }
 
@@ -1137,13 +1139,13 @@ impl Coordinator {
             self.count_events(&events);
             self.leases.observe(&events);
             self.watch.on_apply(main, &events);
+            self.mark_applied(index, main);
             if let Some(tx) = self.waiters.remove(&id) {
                 let _ = tx.send(Ok(WriteOutcome {
                     revision: main,
                     response,
                 }));
             }
-            self.mark_applied(index);
         }
         Ok(())
     }
@@ -1165,6 +1167,7 @@ impl Coordinator {
                 let (id, req) = codec::decode(&e.data)
                     .map_err(|err| anyhow::anyhow!("raft entry {}: {err}", e.index))?;
                 let result = self.execute(req).await?;
+                self.mark_applied(e.index, self.revision);
                 if let Some(tx) = self.waiters.remove(&id) {
                     let _ = tx.send(result);
                 }
