@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod checkpoint;
 pub mod codec;
+pub mod compaction_hash;
 pub mod lease;
 pub mod members;
 pub mod wal;
@@ -76,6 +77,8 @@ pub struct Published {
     pub deletes_applied: AtomicU64,
     /// The auth state every core checks permissions against, and the member's tokens.
     pub auth: auth::AuthShared,
+    /// The hashes the last compactions took, for HashKV at their revisions.
+    pub compaction_hashes: compaction_hash::CompactionHashes,
 }
 
 impl Published {
@@ -1248,13 +1251,21 @@ impl Coordinator {
                     Err(EtcdError::FutureRevision)
                 } else {
                     let index = self.applying_index;
-                    self.shards
+                    let hashed = self
+                        .shards
                         .call_all(|reply| ShardMsg::Compact {
                             index,
                             revision,
                             reply,
                         })
                         .await?;
+                    self.published
+                        .compaction_hashes
+                        .store(compaction_hash::CompactionHash {
+                            revision,
+                            previous_compact_revision: self.compact_revision,
+                            hash: shards::combine_hash_records(&hashed),
+                        });
                     self.compact_revision = revision;
                     self.published
                         .compact_revision

@@ -51,10 +51,12 @@ pub enum ShardMsg {
         req: TxnRequest,
         reply: oneshot::Sender<Result<TxnOutcome, MvccError>>,
     },
+    /// Compacts at `revision`; answers the records etcd's compaction hashes (taken just before
+    /// it), which the coordinator combines into the hash HashKV at `revision` answers later.
     Compact {
         index: u64,
         revision: i64,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Vec<shards::HashRecord>>,
     },
     /// Make every entry up to `index` durable in the segment log and rotate it (see
     /// `SegmentLog::rotate`). Sent by the coordinator after everything up to `index` was
@@ -280,11 +282,12 @@ pub fn handle(shard: &mut Shard, msg: ShardMsg) {
             revision,
             reply,
         } => {
+            let hashed = store.compaction_hash_records(revision);
             store.compact(revision);
             shard.flush();
             let result = shard.log.append_compaction(index, revision);
             shard.note(result);
-            let _ = reply.send(());
+            let _ = reply.send(hashed);
         }
         ShardMsg::Checkpoint { index, reply } => {
             let _ = reply.send(shard.checkpoint(index));
