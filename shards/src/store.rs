@@ -885,6 +885,19 @@ impl MvccStore {
     /// sub-revision): each record's CRC and length, so shards can be merged into the one
     /// stream etcd hashes (`combine_hash_records`) without shipping the bytes.
     pub fn hash_records(&self, revision: i64) -> Vec<HashRecord> {
+        self.records_to_hash(revision, false)
+    }
+
+    /// This store's part of the hash etcd computes while it compacts at `revision` (and keeps,
+    /// answering HashKV at exactly that revision with it afterwards): the records of a
+    /// HashKV at `revision` taken before the compaction, except that a tombstone exactly at
+    /// `revision` counts as kept (`current`), since the compaction keeps it; that only decides
+    /// whether any record is kept at all. Call it before `compact(revision)`.
+    pub fn compaction_hash_records(&self, revision: i64) -> Vec<HashRecord> {
+        self.records_to_hash(revision, true)
+    }
+
+    fn records_to_hash(&self, revision: i64, tombstone_at_revision_kept: bool) -> Vec<HashRecord> {
         let compact = self.compact_revision;
         let mut records: Vec<(i64, u32, &[u8], &Entry, bool)> = Vec::new();
         for (key, entries) in &self.keys {
@@ -898,7 +911,9 @@ impl MvccStore {
                 if entry.main == compact && entry.is_tombstone() {
                     continue;
                 }
-                let current = index + 1 == newest && !entry.is_tombstone();
+                let current = index + 1 == newest
+                    && (!entry.is_tombstone()
+                        || (tombstone_at_revision_kept && entry.main == revision));
                 records.push((entry.main, entry.sub, key, entry, current));
             }
         }
@@ -1058,7 +1073,8 @@ pub struct HashRecord {
     pub len: u32,
     /// At or below the compact revision (still stored: compaction kept it).
     pub below_compaction: bool,
-    /// Its key's newest version at the hashed revision, and live.
+    /// Its key's newest version at the hashed revision, and live (in a compaction's hash, also
+    /// a tombstone exactly at the compacted revision, which the compaction keeps).
     pub current: bool,
 }
 

@@ -59,6 +59,16 @@ impl MaintenanceService {
     }
 }
 
+/// etcd's store starts with compact revision -1 and reports it until a compaction; rusd's
+/// "none" is 0.
+fn etcd_compact_revision(compact: i64) -> i64 {
+    if compact == 0 {
+        -1
+    } else {
+        compact
+    }
+}
+
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("rusd: {what} is not implemented yet"))
 }
@@ -180,6 +190,15 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         self.ctx.require_admin(&request)?;
         let r = request.into_inner();
         let current = self.ctx.published.revision();
+        // etcd answers a revision it compacted at with the hash that compaction took, before
+        // any other check (so even once a later compaction passed it).
+        if let Some(kept) = self.ctx.published.compaction_hashes.get(r.revision) {
+            return Ok(Response::new(pb::HashKvResponse {
+                header: Some(self.ctx.header(current)),
+                hash: kept.hash,
+                compact_revision: etcd_compact_revision(kept.previous_compact_revision),
+            }));
+        }
         let compact = self.ctx.published.compact_revision();
         if r.revision > current {
             return Err(status(EtcdError::FutureRevision));
@@ -192,8 +211,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.ctx.header(current)),
             hash,
-            // etcd's store starts with compact revision -1 and reports it until a compaction.
-            compact_revision: if compact == 0 { -1 } else { compact },
+            compact_revision: etcd_compact_revision(compact),
         }))
     }
 

@@ -27,8 +27,8 @@ use super::seams::{CheckpointStore, Clock, LocalFuture};
 use super::transfer::{Chunk, ImageDecoder, SnapshotImage};
 use super::watch::WatchInput;
 use super::{
-    auth, checkpoint, codec, grows_store, lease, members, rpc, AlarmKind, CoordMsg, LeaseInfo,
-    Published, WriteOutcome, WriteReply, WriteRequest, WriteResponse,
+    auth, checkpoint, codec, compaction_hash, grows_store, lease, members, rpc, AlarmKind,
+    CoordMsg, LeaseInfo, Published, WriteOutcome, WriteReply, WriteRequest, WriteResponse,
 };
 use crate::error::EtcdError;
 use crate::peer::{PeerError, PeerIncoming};
@@ -1170,13 +1170,21 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                     Err(EtcdError::FutureRevision)
                 } else {
                     let index = self.applying_index;
-                    self.shards
+                    let hashed = self
+                        .shards
                         .call_all(|reply| ShardMsg::Compact {
                             index,
                             revision,
                             reply,
                         })
                         .await?;
+                    self.published
+                        .compaction_hashes
+                        .store(compaction_hash::CompactionHash {
+                            revision,
+                            previous_compact_revision: self.compact_revision,
+                            hash: shards::combine_hash_records(&hashed),
+                        });
                     self.compact_revision = revision;
                     self.published
                         .compact_revision

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod auth;
 pub mod checkpoint;
 pub mod codec;
+pub mod compaction_hash;
 pub mod lease;
 pub mod members;
 pub mod raft;
@@ -59,6 +60,8 @@ pub struct Published {
     pub deletes_applied: AtomicU64,
     /// The auth state every core checks permissions against, and the member's tokens.
     pub auth: auth::AuthShared,
+    /// The hashes the last compactions took, for HashKV at their revisions.
+    pub compaction_hashes: compaction_hash::CompactionHashes,
 }
 
 impl Published {

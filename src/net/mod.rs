@@ -220,6 +220,28 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
+/// Fails when some other socket already listens on `addr`. Each core binds the address with
+/// SO_REUSEPORT, and the kernel lets any process of the same user join such a group: a second
+/// rusd started on a port in use would start "successfully" and take a share of the
+/// connections, so that a client's consecutive requests could reach two unrelated members
+/// (one acknowledges `user add`, the other answers `grant-role` with "user name not found").
+/// etcd's listener has no SO_REUSEPORT, so its second instance fails to bind; a probe bound
+/// without SO_REUSEPORT fails exactly when a listener (ours or not) holds the address, and is
+/// closed before the cores bind.
+fn check_not_shared(addr: SocketAddr) -> anyhow::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As in bind_tcp: connections of an earlier process in TIME_WAIT do not count as in use.
+    socket.set_reuse_address(true)?;
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            anyhow::bail!("listen tcp {addr}: bind: address already in use")
+        }
+        Err(e) => anyhow::bail!("listen tcp {addr}: bind: {e}"),
+    }
+}
+
 /// What every connection of one listener shares.
 pub struct Serving {
     pub router: Router,
@@ -458,6 +480,11 @@ impl ListenPlan {
             }
         }
         specs.extend(metrics);
+        for s in &specs {
+            if let ListenAddr::Tcp(addr) = s.addr {
+                check_not_shared(addr)?;
+            }
+        }
         let needs_tls = specs.iter().any(|s| s.secure);
         let tls = match (&info, needs_tls) {
             (Some(info), true) => {

@@ -51,10 +51,12 @@ pub enum ShardMsg {
         req: TxnRequest,
         reply: oneshot::Sender<Result<TxnOutcome, MvccError>>,
     },
+    /// Compacts at `revision`; answers the records etcd's compaction hashes (taken just before
+    /// it), which the coordinator combines into the hash HashKV at `revision` answers later.
     Compact {
         index: u64,
         revision: i64,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Vec<shards::HashRecord>>,
     },
     /// Make every entry up to `index` durable in the segment log and rotate it (see
     /// `SegmentLog::rotate`). Sent by the coordinator after everything up to `index` was
@@ -401,13 +403,14 @@ pub fn handle<S: Storage>(shard: &mut Shard<S>, msg: ShardMsg) {
             revision,
             reply,
         } => {
+            let hashed = store.compaction_hash_records(revision);
             store.compact(revision);
             shard.flush();
             crate::failpoint!("compactBeforeCommitScheduledCompact");
             let result = shard.log.append_compaction(index, revision);
             crate::failpoint!("compactAfterCommitScheduledCompact");
             shard.note(result);
-            let _ = reply.send(());
+            let _ = reply.send(hashed);
         }
         ShardMsg::Checkpoint { index, reply } => {
             // etcd's backend commit makes the applied state durable; here the segment sync is.
