@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod etcdfmt;
 pub mod ids;
 #[macro_use]
 pub mod logging;

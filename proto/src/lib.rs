@@ -1,7 +1,8 @@
 //! etcd v3.5 API wire types (prost) and gRPC stubs (tonic codegen) for rusd.
 //!
 //! Generated from `proto/etcd/**/*.proto`, which are wire-identical to etcd
-//! v3.5.17's `etcdserverpb`, `mvccpb`, `authpb`, `v3electionpb` and `v3lockpb` packages (checked by
+//! v3.5.17's `etcdserverpb` (rpc, etcdserver and raft_internal), `mvccpb`, `authpb`, `membershippb`,
+//! `leasepb`, `v3electionpb` and `v3lockpb` packages (checked by
 //! `tests/wire_compat.rs`). `bytes` fields are `bytes::Bytes`.
 //!
 //! Services live in `etcdserverpb::{kv,watch,lease,cluster,maintenance,auth}_server`
@@ -29,6 +30,16 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
 
+/// Membership messages carried in raft entries (`membershippb`).
+pub mod membershippb {
+    include!(concat!(env!("OUT_DIR"), "/membershippb.rs"));
+}
+
+/// The `lease` bucket's record (`leasepb`).
+pub mod leasepb {
+    include!(concat!(env!("OUT_DIR"), "/leasepb.rs"));
+}
+
 /// The Election service of the client port (`v3electionpb`).
 pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
@@ -39,7 +50,7 @@ pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
 }
 
-/// Encoded `google.protobuf.FileDescriptorSet` of the five packages (as
+/// Encoded `google.protobuf.FileDescriptorSet` of the packages (as
 /// compiled from `proto/etcd`), e.g. for gRPC reflection or compat checks.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
