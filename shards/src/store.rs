@@ -1011,6 +1011,82 @@ impl MvccStore {
     }
 }
 
+/// One version as a snapshot holds it: its revision, its key (an index into
+/// `SnapshotView::keys`), its metadata and a shared reference to its value (`None` for a
+/// tombstone). 56 bytes whatever the value's size: the value itself is never copied.
+#[derive(Clone, Debug)]
+pub struct SnapshotVersion {
+    pub main: i64,
+    pub create_revision: i64,
+    pub lease: i64,
+    pub value: Option<Arc<[u8]>>,
+    pub sub: u32,
+    pub key: u32,
+    pub version: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<SnapshotVersion>() == 56);
+
+/// Every version a store retains at one instant, detached from the store: later writes and
+/// compactions change the store, never the view. Values are shared with the store (and keep
+/// their memory alive while the view lives); each key is copied once.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotView {
+    /// Every key with a retained version, in key order.
+    pub keys: Vec<Box<[u8]>>,
+    /// Grouped by key in key order until `sort_by_revision` is called.
+    pub versions: Vec<SnapshotVersion>,
+    pub compact_revision: i64,
+    pub last_revision: i64,
+}
+
+impl SnapshotView {
+    /// Orders the versions by (revision, sub-revision): etcd's `key` bucket order.
+    pub fn sort_by_revision(&mut self) {
+        self.versions.sort_unstable_by_key(|v| (v.main, v.sub));
+    }
+
+    pub fn key(&self, version: &SnapshotVersion) -> &[u8] {
+        &self.keys[version.key as usize]
+    }
+}
+
+impl MvccStore {
+    /// Every retained version (what `retained_events` lists), as a view that does not borrow
+    /// the store. O(versions) small records plus the keys; values are shared, not copied.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        let mut view = SnapshotView {
+            keys: Vec::new(),
+            versions: Vec::new(),
+            compact_revision: self.compact_revision,
+            last_revision: self.last_revision,
+        };
+        for (key, entries) in &self.keys {
+            let index = u32::try_from(view.keys.len()).expect("fewer than 2^32 keys per shard");
+            let mut any = false;
+            for (position, entry) in entries.iter().enumerate() {
+                if !self.visible_after_compaction(entries, position) {
+                    continue;
+                }
+                any = true;
+                view.versions.push(SnapshotVersion {
+                    main: entry.main,
+                    create_revision: entry.create_revision,
+                    lease: entry.lease,
+                    value: entry.value.clone(),
+                    sub: entry.sub,
+                    key: index,
+                    version: entry.version,
+                });
+            }
+            if any {
+                view.keys.push(key.clone());
+            }
+        }
+        view
+    }
+}
+
 fn effective_sort_order(req: &RangeRequest) -> SortOrder {
     match (req.sort_order, req.sort_target) {
         // The index already yields key order.
@@ -1081,8 +1157,44 @@ pub fn combine_hash_records(parts: &[Vec<HashRecord>]) -> u32 {
     })
 }
 
-/// mvccpb.KeyValue in protobuf wire format, zero fields omitted as proto3 does.
-fn encode_key_value(
+fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The length of `encode_key_value`'s output for the same fields, without encoding.
+pub fn key_value_encoded_len(
+    key: &[u8],
+    create: i64,
+    modified: i64,
+    version: i64,
+    value: &[u8],
+    lease: i64,
+) -> usize {
+    let bytes_field = |len: usize| {
+        if len == 0 {
+            0
+        } else {
+            1 + varint_len(len as u64) + len
+        }
+    };
+    let number_field = |number: i64| {
+        if number == 0 {
+            0
+        } else {
+            1 + varint_len(number as u64)
+        }
+    };
+    bytes_field(key.len())
+        + number_field(create)
+        + number_field(modified)
+        + number_field(version)
+        + bytes_field(value.len())
+        + number_field(lease)
+}
+
+/// mvccpb.KeyValue in protobuf wire format, zero fields omitted as proto3 does (and as etcd's
+/// `key` bucket and HashKV store it).
+pub fn encode_key_value(
     buffer: &mut Vec<u8>,
     key: &[u8],
     create: i64,

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod lease;
 pub mod members;
+pub mod snapshot;
 pub mod wal;
 pub mod watch;
 
@@ -167,6 +168,10 @@ pub enum CoordMsg {
     },
     MemberList {
         reply: oneshot::Sender<Vec<members::Member>>,
+    },
+    /// The state at the applied index and every shard's view of it (`snapshot::cut`).
+    SnapshotState {
+        reply: oneshot::Sender<snapshot::Cut>,
     },
     Watch(watch::WatchMsg),
 }
@@ -742,6 +747,10 @@ impl Coordinator {
             }
             CoordMsg::AlarmList { reply } => {
                 let _ = reply.send(self.alarms.iter().copied().collect());
+            }
+            CoordMsg::SnapshotState { reply } => {
+                let state = self.checkpoint_state(self.applied_index)?;
+                let _ = reply.send(snapshot::cut(state, &self.shards).await?);
             }
         }
         Ok(())

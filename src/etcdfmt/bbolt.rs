@@ -424,6 +424,9 @@ pub fn bucket_root(value: &[u8]) -> Result<BucketRoot, &'static str> {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
+/// Where written pages go (`None` while planning).
+type Sink<'s> = Option<&'s mut dyn FnMut(&[u8])>;
+
 /// Packs the elements of one tree level into pages, in key order.
 ///
 /// In planning mode (`emit` is `None`) only sizes matter; in writing mode every closed page is
@@ -467,7 +470,7 @@ impl LevelPacker {
         value_len: usize,
         value: Option<&[u8]>,
         child: u64,
-        emit: &mut Option<&mut dyn FnMut(&[u8])>,
+        emit: &mut Sink<'_>,
     ) {
         assert!(!key.is_empty(), "bbolt keys are never empty");
         let size = ELEMENT_BYTES + key.len() + if self.leaf { value_len } else { 0 };
@@ -496,7 +499,7 @@ impl LevelPacker {
     }
 
     /// Closes the open page (if any element is in it): assigns its pgid and emits it.
-    fn close(&mut self, emit: &mut Option<&mut dyn FnMut(&[u8])>) {
+    fn close(&mut self, emit: &mut Sink<'_>) {
         if self.elements.is_empty() {
             return;
         }
@@ -545,9 +548,10 @@ impl LevelPacker {
 /// fill, then the branch levels (`finish`). Pages get consecutive ids from `first_pgid`.
 pub struct TreeWriter<'s> {
     leaves: LevelPacker,
-    emit: Option<&'s mut dyn FnMut(&[u8])>,
+    emit: Sink<'s>,
     last_key: Vec<u8>,
     elements: u64,
+    first_pgid: u64,
 }
 
 /// What a finished tree occupies.
@@ -566,6 +570,7 @@ impl<'s> TreeWriter<'s> {
             emit: None,
             last_key: Vec::new(),
             elements: 0,
+            first_pgid,
         }
     }
 
@@ -576,6 +581,7 @@ impl<'s> TreeWriter<'s> {
             emit: Some(emit),
             last_key: Vec::new(),
             elements: 0,
+            first_pgid,
         }
     }
 
@@ -614,7 +620,7 @@ impl<'s> TreeWriter<'s> {
 
     /// Closes the last leaf and writes the branch levels above the leaves.
     pub fn finish(mut self) -> TreeLayout {
-        let first = self.leaves.next_pgid;
+        let first = self.first_pgid;
         if self.elements == 0 {
             // An empty bucket is one empty leaf page, as bbolt creates it.
             let pgid = first;

@@ -81,6 +81,12 @@ pub enum ShardMsg {
     Stats {
         reply: oneshot::Sender<ShardStats>,
     },
+    /// Every version this shard retains, detached from the store (`MvccStore::snapshot_view`):
+    /// sent by the coordinator between two applied entries, so every shard's view is of the
+    /// same applied index.
+    SnapshotView {
+        reply: oneshot::Sender<shards::SnapshotView>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -304,6 +310,9 @@ pub fn handle(shard: &mut Shard, msg: ShardMsg) {
         }
         ShardMsg::HashKv { revision, reply } => {
             let _ = reply.send(store.hash_records(revision));
+        }
+        ShardMsg::SnapshotView { reply } => {
+            let _ = reply.send(store.snapshot_view());
         }
         ShardMsg::Stats { reply } => {
             let _ = reply.send(ShardStats {
