@@ -36,6 +36,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // An etcd v3.5 data dir becomes rusd's once, before anything of rusd's layout is read.
+    if let Some(imported) =
+        crate::etcdfmt::import::import_if_etcd(&cfg.data_dir, cfg.wal_dir.as_deref(), shard_count)?
+    {
+        imported.log();
+    }
     let wal_dir = cfg
         .wal_dir
         .clone()

@@ -54,7 +54,12 @@ async fn observe(server: &Server, user: Option<&str>) -> Observed {
     let list = ctl(server, user, &["lease", "list", "-w", "json"]).json();
     for lease in list["leases"].as_array().cloned().unwrap_or_default() {
         let id = format!("{:x}", lease["id"].as_i64().unwrap());
-        let ttl = ctl(server, user, &["lease", "timetolive", &id, "--keys", "-w", "json"]).json();
+        let ttl = ctl(
+            server,
+            user,
+            &["lease", "timetolive", &id, "--keys", "-w", "json"],
+        )
+        .json();
         let mut keys: Vec<String> = ttl["keys"]
             .as_array()
             .cloned()
@@ -71,7 +76,11 @@ async fn observe(server: &Server, user: Option<&str>) -> Observed {
     leases.sort();
     let mut auth = Vec::new();
     for user_name in ctl(server, user, &["user", "list"]).ok().lines() {
-        auth.push(ctl(server, user, &["user", "get", user_name]).ok().to_string());
+        auth.push(
+            ctl(server, user, &["user", "get", user_name])
+                .ok()
+                .to_string(),
+        );
     }
     for role in ctl(server, user, &["role", "list"]).ok().lines() {
         auth.push(ctl(server, user, &["role", "get", role]).ok().to_string());
@@ -106,7 +115,9 @@ async fn workload(server: &Server) {
             ..Default::default()
         })
         .await;
-    let lease = ctl(server, None, &["lease", "grant", "600"]).ok().to_string();
+    let lease = ctl(server, None, &["lease", "grant", "600"])
+        .ok()
+        .to_string();
     let id = lease.split_whitespace().nth(1).unwrap().to_string();
     ctl(server, None, &["put", "leased-1", "x", "--lease", &id]).ok();
     ctl(server, None, &["put", "leased-2", "y", "--lease", &id]).ok();
@@ -148,7 +159,14 @@ async fn workload(server: &Server) {
         &["user", "add", "root:rootpw"][..],
         &["role", "add", "reader"],
         &["role", "grant-permission", "reader", "read", "k", "l"],
-        &["role", "grant-permission", "reader", "readwrite", "t", "--prefix"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "readwrite",
+            "t",
+            "--prefix",
+        ],
         &["user", "add", "alice:alicepw"],
         &["user", "grant-role", "alice", "reader"],
         &["user", "grant-role", "root", "root"],
@@ -164,7 +182,10 @@ fn assert_non_trivial(observed: &Observed) {
     assert_eq!(observed.leases.len(), 2, "{observed:?}");
     assert_eq!(observed.leases[0].2.len() + observed.leases[1].2.len(), 2);
     assert!(observed.auth.iter().any(|a| a.contains("alice")));
-    assert!(observed.auth.iter().any(|a| a.contains("readwrite")));
+    assert!(observed
+        .auth
+        .iter()
+        .any(|a| a.contains("KV Write") && a.contains("(prefix t)")));
 }
 
 /// Restores `snapshot` with etcdutl into `data_dir` (as a one-member cluster named "default").
@@ -242,17 +263,140 @@ fn a_rusd_snapshot_restores_into_etcd() {
         ctl(&rusd, None, &["auth", "enable"]).ok();
         let root = Some("root:rootpw");
         let snapshot = dir.path().join("rusd-auth.db");
-        ctl(&rusd, root, &["snapshot", "save", snapshot.to_str().unwrap()]).ok();
+        ctl(
+            &rusd,
+            root,
+            &["snapshot", "save", snapshot.to_str().unwrap()],
+        )
+        .ok();
         let expected = observe(&rusd, root).await;
         let etcd = Server::start_prepared(ServerOpts::new(1).reference_etcd(), |data| {
             etcdutl_restore(&snapshot, data)
         });
         assert_eq!(observe(&etcd, root).await, expected);
-        let alice = ctl(&etcd, Some("alice:alicepw"), &["get", "k1", "--print-value-only"]);
+        let alice = ctl(
+            &etcd,
+            Some("alice:alicepw"),
+            &["get", "k1", "--print-value-only"],
+        );
         assert_eq!(alice.ok().trim(), "after-compaction");
         let denied = ctl(&etcd, Some("alice:alicepw"), &["put", "k1", "nope"]);
         assert!(denied.err().contains("permission denied"), "{denied:?}");
         let anonymous = ctl(&etcd, None, &["get", "k1"]);
         assert!(!anonymous.status.success(), "{anonymous:?}");
     });
+}
+
+/// etcd v3.5.17 → `etcdctl snapshot save` → `etcdutl snapshot restore` → rusd: the restore
+/// path. rusd imports the restored data dir at start and serves what etcd served.
+#[test]
+fn an_etcd_snapshot_restores_into_rusd() {
+    each_shards(|shards| async move {
+        let etcd = ServerOpts::new(1).reference_etcd().start();
+        workload(&etcd).await;
+        let expected = observe(&etcd, None).await;
+        assert_non_trivial(&expected);
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("etcd.db");
+        etcd.etcdctl(&["snapshot", "save", snapshot.to_str().unwrap()])
+            .ok();
+        drop(etcd);
+        let rusd = Server::start_prepared(ServerOpts::new(shards), |data| {
+            etcdutl_restore(&snapshot, data)
+        });
+        assert!(rusd.log().contains("imported an etcd v3.5 data dir"));
+        assert_eq!(observe(&rusd, None).await, expected);
+        // The import happens once: a restart starts from rusd's own files.
+        let mut rusd = rusd;
+        rusd.restart();
+        assert_eq!(
+            rusd.log().matches("imported an etcd v3.5 data dir").count(),
+            1
+        );
+        assert_eq!(observe(&rusd, None).await, expected);
+    });
+}
+
+/// Every file under `dir` with its contents, for "left untouched" checks.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                out.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// A stopped etcd's data dir → rusd with the same flags: the migration. etcd is killed with
+/// its database behind its WAL (a long backend batch interval), so rusd must replay the
+/// committed WAL entries after the database's consistent index. etcd's files are moved aside
+/// unchanged.
+#[test]
+fn rusd_starts_on_a_stopped_etcds_data_dir() {
+    each_shards(|shards| async move {
+        let mut etcd = ServerOpts::new(1)
+            .reference_etcd()
+            .arg("--backend-batch-interval=1h")
+            .arg("--backend-batch-limit=1000000")
+            .start();
+        workload(&etcd).await;
+        let expected = observe(&etcd, None).await;
+        assert_non_trivial(&expected);
+        etcd.kill();
+        let etcd_files = tree(&etcd.data_dir().join("member"));
+        let mut rusd = Server::start_prepared(ServerOpts::new(shards), |data| {
+            copy_dir(&etcd.data_dir(), data)
+        });
+        let log = rusd.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("imported an etcd v3.5 data dir"))
+            .expect("the import is logged");
+        let imported: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            imported["replayed-wal-entries"].as_u64().unwrap() > 10,
+            "the database was expected to lag the WAL: {line}"
+        );
+        assert_eq!(observe(&rusd, None).await, expected);
+        assert_eq!(
+            tree(&rusd.data_dir().join("member.etcd-v3.5")),
+            etcd_files,
+            "etcd's files are moved aside unchanged"
+        );
+        // The member keeps etcd's identity.
+        let ids = |s: &Server| {
+            let status = s.etcdctl(&["endpoint", "status", "-w", "json"]).json();
+            (
+                status[0]["Status"]["header"]["member_id"].clone(),
+                status[0]["Status"]["header"]["cluster_id"].clone(),
+            )
+        };
+        etcd.restart();
+        let etcd_ids = ids(&etcd);
+        assert_eq!(ids(&rusd), etcd_ids);
+        rusd.restart();
+        assert_eq!(observe(&rusd, None).await, expected);
+    });
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
 }
