@@ -400,3 +400,162 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Rewrites the bbolt database at `path` with `edit` applied to each bucket's elements (in key
+/// order), as a v3.4 or v3.6 etcd would have left it.
+fn rewrite_db(path: &Path, edit: impl Fn(&[u8], &mut Vec<(Vec<u8>, Vec<u8>)>)) {
+    use rusd::etcdfmt::bbolt::{header_pages, Reader, TreeWriter, FIRST_DATA_PGID, PAGE_SIZE};
+    let reader = Reader::open(std::fs::read(path).unwrap(), "db").unwrap();
+    let mut out = vec![0u8; FIRST_DATA_PGID as usize * PAGE_SIZE];
+    let mut next = FIRST_DATA_PGID;
+    let mut roots = Vec::new();
+    for (name, root) in reader.buckets().unwrap() {
+        let mut elements = Vec::new();
+        reader
+            .walk(&root, &mut |e| {
+                elements.push((e.key.to_vec(), e.value.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        edit(&name, &mut elements);
+        elements.sort();
+        let mut sink = |page: &[u8]| out.extend_from_slice(page);
+        let mut tree = TreeWriter::write(next, &mut sink);
+        for (key, value) in &elements {
+            tree.put(key, value.len(), Some(value));
+        }
+        let layout = tree.finish();
+        next += layout.pages;
+        roots.push((name, layout.root));
+    }
+    let mut sink = |page: &[u8]| out.extend_from_slice(page);
+    let mut tree = TreeWriter::write(next, &mut sink);
+    for (name, root) in &roots {
+        tree.put_bucket(name, *root);
+    }
+    let root = tree.finish();
+    let pages = next + root.pages;
+    let header = header_pages(root.root, pages, 2);
+    out[..header.len()].copy_from_slice(&header);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Damaged or foreign data dirs stop rusd at start with an error naming the file, and leave
+/// the data dir exactly as it was (nothing half-imported).
+#[test]
+fn damaged_or_foreign_etcd_data_dirs_are_refused_untouched() {
+    let rusd = Server::start(1);
+    let mut client_rt = tokio::runtime::Runtime::new().unwrap();
+    client_rt.block_on(workload(&rusd));
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("s.db");
+    rusd.etcdctl(&["snapshot", "save", snapshot.to_str().unwrap()])
+        .ok();
+    drop(rusd);
+    let snapshot_bytes = std::fs::read(&snapshot).unwrap();
+    let db = |data: &Path| data.join("member/snap/db");
+    let wal = |data: &Path| {
+        let mut files: Vec<_> = std::fs::read_dir(data.join("member/wal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files.remove(0)
+    };
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "truncated db",
+            Box::new(move |data| {
+                // Cut inside the last page the meta page counts.
+                let bytes = std::fs::read(db(data)).unwrap();
+                let reader = rusd::etcdfmt::bbolt::Reader::open(bytes.clone(), "db").unwrap();
+                let pages = reader.meta().page_count as usize;
+                std::fs::write(db(data), &bytes[..(pages - 1) * 4096 + 100]).unwrap();
+            }),
+            "truncated",
+        ),
+        (
+            "corrupted db page",
+            Box::new(move |data| {
+                let mut bytes = std::fs::read(db(data)).unwrap();
+                // Page 3 is the first data page: its header now names another page.
+                for byte in &mut bytes[3 * 4096..3 * 4096 + 8] {
+                    *byte ^= 0x5a;
+                }
+                std::fs::write(db(data), bytes).unwrap();
+            }),
+            "page 3",
+        ),
+        (
+            "snapshot with a wrong sha256 in place of the db",
+            Box::new({
+                let snapshot_bytes = snapshot_bytes.clone();
+                move |data| {
+                    let mut bytes = snapshot_bytes.clone();
+                    let last = bytes.len() - 1;
+                    bytes[last] ^= 1;
+                    std::fs::write(db(data), bytes).unwrap();
+                }
+            }),
+            "sha256",
+        ),
+        (
+            "etcd v3.6 data dir",
+            Box::new(move |data| {
+                rewrite_db(&db(data), |bucket, elements| {
+                    if bucket == b"meta" {
+                        elements.push((b"storageVersion".to_vec(), b"3.6.0".to_vec()));
+                    }
+                })
+            }),
+            "etcd v3.6.0",
+        ),
+        (
+            "etcd v3.4 data dir",
+            Box::new(move |data| {
+                rewrite_db(&db(data), |bucket, elements| {
+                    if bucket == b"meta" {
+                        elements.retain(|(k, _)| k != b"term" && k != b"confState");
+                    }
+                })
+            }),
+            "v3.4",
+        ),
+        (
+            "corrupted WAL record",
+            Box::new(move |data| {
+                let path = wal(data);
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[60] ^= 0x01;
+                std::fs::write(&path, bytes).unwrap();
+            }),
+            ".wal",
+        ),
+    ];
+    for (what, damage, expected) in cases {
+        eprintln!("=== {what}");
+        let mut server = Server::prepared(ServerOpts::new(1), |data| {
+            etcdutl_restore(&snapshot, data);
+            damage(data);
+        });
+        let before = tree(&server.data_dir());
+        let failure = server.restart_expecting_failure();
+        assert!(
+            failure.log.contains(expected) && failure.log.contains(&*server.data_dir().to_string_lossy()),
+            "{what}: the error should name the file and say {expected:?}:\n{}",
+            failure.log
+        );
+        assert_eq!(tree(&server.data_dir()), before, "{what}: the data dir changed");
+    }
+
+    // The undamaged snapshot file in place of the db (sha256 trailer included) is accepted.
+    let mut server = Server::prepared(ServerOpts::new(1), |data| {
+        etcdutl_restore(&snapshot, data);
+        std::fs::write(db(data), &snapshot_bytes).unwrap();
+    });
+    server.restart();
+    let got = client_rt.block_on(async { server.client().await.get("k1").await });
+    assert_eq!(got.unwrap().value, b("after-compaction"));
+    let _ = &mut client_rt;
+}

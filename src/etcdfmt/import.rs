@@ -163,6 +163,44 @@ fn sync_tree(root: &Path) -> anyhow::Result<()> {
     sync_dir(root)
 }
 
+/// A snapshot file put in place of the database still ends with the SHA-256 of its contents
+/// (etcd's `hasChecksum`: the size is a multiple of 512 plus 32); check it as etcdutl does.
+/// The reader ignores bytes past the database's last page.
+fn verify_sha256_trailer(file: &std::fs::File, path: &Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    const SHA256_BYTES: u64 = 32;
+    let size = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if size % 512 != SHA256_BYTES {
+        return Ok(());
+    }
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut reader = std::io::BufReader::new(file).take(size - SHA256_BYTES);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = reader
+            .read(&mut buffer)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        digest.update(&buffer[..read]);
+    }
+    let mut trailer = [0u8; SHA256_BYTES as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut trailer, size - SHA256_BYTES)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if digest.finish().as_ref() != trailer {
+        anyhow::bail!(
+            "{}: the file ends with a sha256 checksum that does not match its contents: the \
+             snapshot is damaged",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The meta bucket's facts.
 #[derive(Default)]
 struct Meta {
@@ -195,6 +233,7 @@ fn build(
 ) -> anyhow::Result<Summary> {
     let file =
         std::fs::File::open(db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    verify_sha256_trailer(&file, db_path)?;
     let reader = Reader::open(file, db_path.display().to_string())?;
     let db_name = db_path.display().to_string();
     let buckets = reader.buckets()?;

@@ -196,6 +196,25 @@ impl Server {
         Server::start_prepared(opts, |_| {})
     }
 
+    /// A server that is not started yet, on a data dir that `prepare` filled: start it with
+    /// `restart` or `restart_expecting_failure`.
+    pub fn prepared(opts: ServerOpts, prepare: impl FnOnce(&Path)) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("rusd-test-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let s = Server {
+            opts,
+            port: free_port(),
+            dir,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            starts: 0,
+        };
+        prepare(&s.data_dir());
+        s
+    }
+
     /// Starts a server on a data dir that `prepare` fills first (it is given the path of the
     /// data dir, which does not exist yet).
     pub fn start_prepared(opts: ServerOpts, prepare: impl FnOnce(&Path)) -> Server {
