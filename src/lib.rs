@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod coordinator;
+pub mod corrupt;
 pub mod error;
 pub mod etcdfmt;
 pub mod ids;

@@ -131,12 +131,11 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         shard_rxs.push(rx);
     }
     let published = Arc::new(Published::default());
+    // etcd's ReqTimeout: 5 s plus two election timeouts.
+    let request_timeout =
+        Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms);
     let ctx = Context {
-        coordinator: CoordinatorHandle::new(
-            coord_tx,
-            // etcd's ReqTimeout: 5 s plus two election timeouts.
-            Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms),
-        ),
+        coordinator: CoordinatorHandle::new(coord_tx, request_timeout),
         shards: ShardSet::new(shard_txs),
         published: published.clone(),
         member: Arc::new(MemberInfo {
@@ -299,6 +298,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .recv_timeout(Duration::from_secs(1))
             .unwrap_or_else(|_| "the coordinator stopped before serving".into());
         anyhow::bail!("{msg}");
+    }
+    if cfg.experimental_initial_corrupt_check {
+        let peers: Vec<u64> = members
+            .iter()
+            .filter(|(name, _, _)| *name != cfg.name)
+            .map(|(_, id, _)| *id)
+            .collect();
+        crate::corrupt::initial_check(&ctx, &peers, request_timeout)?;
     }
     listen_plan.log_ready();
 

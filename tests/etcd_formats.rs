@@ -542,11 +542,16 @@ fn damaged_or_foreign_etcd_data_dirs_are_refused_untouched() {
         let before = tree(&server.data_dir());
         let failure = server.restart_expecting_failure();
         assert!(
-            failure.log.contains(expected) && failure.log.contains(&*server.data_dir().to_string_lossy()),
+            failure.log.contains(expected)
+                && failure.log.contains(&*server.data_dir().to_string_lossy()),
             "{what}: the error should name the file and say {expected:?}:\n{}",
             failure.log
         );
-        assert_eq!(tree(&server.data_dir()), before, "{what}: the data dir changed");
+        assert_eq!(
+            tree(&server.data_dir()),
+            before,
+            "{what}: the data dir changed"
+        );
     }
 
     // The undamaged snapshot file in place of the db (sha256 trailer included) is accepted.
@@ -558,4 +563,29 @@ fn damaged_or_foreign_etcd_data_dirs_are_refused_untouched() {
     let got = client_rt.block_on(async { server.client().await.get("k1").await });
     assert_eq!(got.unwrap().value, b("after-compaction"));
     let _ = &mut client_rt;
+}
+
+/// `--experimental-initial-corrupt-check` hashes the member's history before it serves (a
+/// single member has no peer to compare with, and passes), as etcd logs it.
+#[test]
+fn the_initial_corruption_check_runs_before_serving() {
+    let mut rusd = ServerOpts::new(1)
+        .arg("--experimental-initial-corrupt-check")
+        .start();
+    let log = rusd.log();
+    let started = log
+        .find("starting initial corruption check")
+        .expect("the check starts");
+    let passed = log
+        .find("initial corruption checking passed; no corruption")
+        .expect("the check passes");
+    let ready = log.find("ready to serve client requests").unwrap();
+    assert!(started < passed && passed < ready, "{log}");
+    rusd.restart();
+    assert_eq!(
+        rusd.log()
+            .matches("initial corruption checking passed")
+            .count(),
+        2
+    );
 }
