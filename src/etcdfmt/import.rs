@@ -97,6 +97,8 @@ pub fn import_if_etcd(
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("removing the unfinished import {}", staging.display()))?;
     }
+    // A --wal-dir inside `member/` moves with it; only one outside is handled on its own.
+    let wal_dir = wal_dir.filter(|w| !w.starts_with(&member));
     let etcd_wal_dir = wal_dir.map_or_else(|| member.join("wal"), Path::to_path_buf);
     let mut summary = build(&db_path, &etcd_wal_dir, &staging, shard_count).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&staging);
