@@ -37,6 +37,11 @@ fn ctl(server: &Server, user: Option<&str>, args: &[&str]) -> CtlOutput {
 }
 
 async fn observe(server: &Server, user: Option<&str>) -> Observed {
+    observe_with(server, user, user.is_none()).await
+}
+
+/// `observe`; `with_history` reads every revision (without auth only).
+async fn observe_with(server: &Server, user: Option<&str>, with_history: bool) -> Observed {
     let mut client = server.client().await;
     let status = ctl(server, user, &["endpoint", "status", "-w", "json"]).json();
     let revision = status[0]["Status"]["header"]["revision"].as_i64().unwrap();
@@ -45,7 +50,7 @@ async fn observe(server: &Server, user: Option<&str>) -> Observed {
         .as_i64()
         .unwrap_or(0);
     let hash = hash_kv[0]["HashKV"]["hash"].as_u64().unwrap() as u32;
-    let history = if user.is_none() {
+    let history = if with_history {
         client.history(compact_revision.max(1), revision).await
     } else {
         Vec::new()
@@ -588,4 +593,82 @@ fn the_initial_corruption_check_runs_before_serving() {
             .count(),
         2
     );
+}
+
+/// A compaction applied while a snapshot streams does not take versions out of it: the
+/// snapshot is the state of the applied index it was cut at, whatever happens after.
+#[test]
+fn a_compaction_during_the_stream_leaves_the_snapshot_whole() {
+    each_shards(|shards| async move {
+        let rusd = Server::start(shards);
+        let mut client = rusd.client().await;
+        // Enough data for far more messages than the producer keeps ahead of the client.
+        let value = "v".repeat(1000);
+        for round in 0..3 {
+            for key in 0..1000 {
+                client
+                    .put(&format!("key-{key:04}"), &format!("{round}{value}"))
+                    .await;
+            }
+        }
+        // HashKV covers every version; reading every revision of 3000 would be slow.
+        let expected = observe_with(&rusd, None, false).await;
+        let mut samples = Vec::new();
+        for revision in [2, 1000, 2001, expected.revision] {
+            let kvs = client
+                .range(pb::RangeRequest {
+                    key: b("\0"),
+                    range_end: b("\0"),
+                    revision,
+                    ..Default::default()
+                })
+                .await
+                .kvs;
+            samples.push((revision, kvs));
+        }
+        let mut stream = client
+            .maintenance
+            .snapshot(pb::SnapshotRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = Vec::new();
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(
+            first.remaining_bytes > 64 * 32 * 1024,
+            "{}",
+            first.remaining_bytes
+        );
+        bytes.extend_from_slice(&first.blob);
+        // Compact everything away and overwrite while the rest is still to come.
+        let mut other = rusd.client().await;
+        let revision = other.revision().await;
+        other.compact(revision).await;
+        for key in 0..1000 {
+            other.put(&format!("key-{key:04}"), "after").await;
+        }
+        while let Some(message) = stream.message().await.unwrap() {
+            bytes.extend_from_slice(&message.blob);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("during-compaction.db");
+        std::fs::write(&snapshot, &bytes).unwrap();
+        let etcd = Server::start_prepared(ServerOpts::new(1).reference_etcd(), |data| {
+            etcdutl_restore(&snapshot, data)
+        });
+        let restored = observe_with(&etcd, None, false).await;
+        assert_eq!(restored, expected);
+        let mut etcd_client = etcd.client().await;
+        for (revision, kvs) in samples {
+            let restored = etcd_client
+                .range(pb::RangeRequest {
+                    key: b("\0"),
+                    range_end: b("\0"),
+                    revision,
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(restored.kvs, kvs, "at revision {revision}");
+        }
+    });
 }
