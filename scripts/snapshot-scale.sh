@@ -20,7 +20,7 @@ flags=(--listen-client-urls "$url" --advertise-client-urls "$url" --shards 2
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 rss() { grep -E "VmRSS|VmHWM" "/proc/$1/status" | tr -s ' \t' ' ' | paste -sd ' '; }
-wait_ready() { until grep -q "ready to serve" "$1"; do sleep 0.05; kill -0 "$2"; done; }
+wait_ready() { until grep -qs "ready to serve" "$1"; do sleep 0.05; kill -0 "$2"; done; }
 
 echo "load: $(uptime)"
 "$rusd" --data-dir "$work/d" "${flags[@]}" > "$work/d.log" 2>&1 &

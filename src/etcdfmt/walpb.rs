@@ -20,6 +20,7 @@
 //! torn write at the end of the last file (a frame cut short, or one holding a zeroed 512-byte
 //! sector) is taken as its end.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
@@ -214,19 +215,26 @@ pub fn read_dir(dir: &Path, after: u64) -> Result<EtcdWal, WalpbError> {
     let mut crc = 0u32;
     let count = files.len();
     for (position, path) in files.iter().enumerate() {
-        let data = std::fs::read(path).map_err(|source| WalpbError::Io {
+        // Read record by record: etcd preallocates 64 MB per file, mostly zeros.
+        let io = |source| WalpbError::Io {
             path: path.clone(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len() as usize;
+        let mut input = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut buffer = Vec::new();
         let is_last = position + 1 == count;
         let mut offset = 0usize;
-        while offset + 8 <= data.len() {
+        while offset + 8 <= file_len {
             let corrupt = |reason: String| WalpbError::Corrupt {
                 path: path.clone(),
                 offset: offset as u64,
                 reason,
             };
-            let length_field = u64::from_le_bytes(data[offset..offset + 8].try_into().unwrap());
+            let mut header = [0u8; 8];
+            input.read_exact(&mut header).map_err(io)?;
+            let length_field = u64::from_le_bytes(header);
             if length_field == 0 {
                 break; // the preallocated, zeroed end of the file
             }
@@ -241,13 +249,15 @@ pub fn read_dir(dir: &Path, after: u64) -> Result<EtcdWal, WalpbError> {
             }
             let start = offset + 8;
             let end = start + length as usize;
-            if end + padding > data.len() {
+            if end + padding > file_len {
                 if is_last {
                     break; // a torn write
                 }
                 return Err(corrupt("the record runs past the end of the file".into()));
             }
-            let bytes = &data[start..end];
+            buffer.resize(length as usize + padding, 0);
+            input.read_exact(&mut buffer).map_err(io)?;
+            let bytes = &buffer[..length as usize];
             let torn = is_last && has_zero_sector(bytes, start);
             let record = match Record::decode(bytes) {
                 Ok(record) => record,
