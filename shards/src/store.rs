@@ -1032,8 +1032,11 @@ const _: () = assert!(std::mem::size_of::<SnapshotVersion>() == 56);
 /// their memory alive while the view lives); each key is copied once.
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotView {
-    /// Every key with a retained version, in key order.
-    pub keys: Vec<Box<[u8]>>,
+    /// Every key with a retained version, in key order, back to back (one allocation, not one
+    /// per key: taking the view is a pause of the shard's core).
+    key_bytes: Vec<u8>,
+    /// Where each key ends in `key_bytes`.
+    key_ends: Vec<usize>,
     /// Grouped by key in key order until `sort_by_revision` is called.
     pub versions: Vec<SnapshotVersion>,
     pub compact_revision: i64,
@@ -1047,7 +1050,16 @@ impl SnapshotView {
     }
 
     pub fn key(&self, version: &SnapshotVersion) -> &[u8] {
-        &self.keys[version.key as usize]
+        let index = version.key as usize;
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |before| self.key_ends[before]);
+        &self.key_bytes[start..self.key_ends[index]]
+    }
+
+    /// Keys with a retained version.
+    pub fn key_count(&self) -> usize {
+        self.key_ends.len()
     }
 }
 
@@ -1056,13 +1068,14 @@ impl MvccStore {
     /// the store. O(versions) small records plus the keys; values are shared, not copied.
     pub fn snapshot_view(&self) -> SnapshotView {
         let mut view = SnapshotView {
-            keys: Vec::new(),
+            key_bytes: Vec::new(),
+            key_ends: Vec::new(),
             versions: Vec::new(),
             compact_revision: self.compact_revision,
             last_revision: self.last_revision,
         };
         for (key, entries) in &self.keys {
-            let index = u32::try_from(view.keys.len()).expect("fewer than 2^32 keys per shard");
+            let index = u32::try_from(view.key_ends.len()).expect("fewer than 2^32 keys per shard");
             let mut any = false;
             for (position, entry) in entries.iter().enumerate() {
                 if !self.visible_after_compaction(entries, position) {
@@ -1080,7 +1093,8 @@ impl MvccStore {
                 });
             }
             if any {
-                view.keys.push(key.clone());
+                view.key_bytes.extend_from_slice(key);
+                view.key_ends.push(view.key_bytes.len());
             }
         }
         view
@@ -1221,5 +1235,37 @@ pub fn encode_key_value(
     if lease != 0 {
         buffer.push(0x30);
         encode_varint(buffer, lease as u64);
+    }
+}
+
+#[cfg(test)]
+mod snapshot_view_timing {
+    use super::*;
+
+    /// How long a shard pauses to take its snapshot view (run by hand:
+    /// `cargo test --release -p shards snapshot_view_of_500k -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn snapshot_view_of_500k_keys() {
+        let mut store = MvccStore::new();
+        for main in 2..500_002i64 {
+            let req = PutRequest {
+                key: Bytes::from(format!("/registry/pods/default/pod-{main:08}")),
+                value: Bytes::from(vec![b'v'; 256]),
+                ..Default::default()
+            };
+            store.put(main, 0, &req).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let mut view = store.snapshot_view();
+        let taken = started.elapsed();
+        let started = std::time::Instant::now();
+        view.sort_by_revision();
+        println!(
+            "view of {} versions: {taken:?} on the shard, sort {:?} on the snapshot thread",
+            view.versions.len(),
+            started.elapsed()
+        );
+        assert_eq!(view.versions.len(), 500_000);
     }
 }
