@@ -11,6 +11,10 @@ const PROTOS: &[&str] = &[
     "etcd/mvccpb/kv.proto",
     "etcd/authpb/auth.proto",
     "etcd/etcdserverpb/rpc.proto",
+    "etcd/etcdserverpb/etcdserver.proto",
+    "etcd/membershippb/membership.proto",
+    "etcd/etcdserverpb/raft_internal.proto",
+    "etcd/leasepb/lease.proto",
     "etcd/v3electionpb/v3election.proto",
     "etcd/v3lockpb/v3lock.proto",
 ];

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: builds what it needs (etcdctl/etcdutl v3.5.17 from
+# The whole test suite, from a fresh clone: builds what it needs (etcd/etcdctl/etcdutl v3.5.17 from
 # the Go module proxy, cached under ~/.cache/rusd; rusd in release), then runs
 #   1. cargo test (unit, model-based, proto wire-compat, and integration tests that drive the
 #      real binary with etcdctl and a Rust gRPC client),
@@ -12,9 +12,10 @@ cd "$repo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
 
-echo "== building etcdctl and etcdutl v3.5.17 (cached)"
-bin_dir="$(scripts/etcd-ref-tools.sh etcdctl etcdutl | tail -n 1)"
-export ETCDCTL="$bin_dir/etcdctl" ETCDUTL="$bin_dir/etcdutl"
+echo "== building etcd, etcdctl and etcdutl v3.5.17 (cached)"
+# The reference etcd server is needed by the round trips of tests/etcd_formats.rs.
+bin_dir="$(scripts/etcd-ref-tools.sh etcd etcdctl etcdutl | tail -n 1)"
+export ETCDCTL="$bin_dir/etcdctl" ETCDUTL="$bin_dir/etcdutl" ETCD_BIN="$bin_dir/etcd"
 
 echo "== cargo test (release)"
 cargo test --release --workspace

@@ -754,7 +754,7 @@ pub static FLAGS: &[FlagSpec] = &[
     // gateway
     f("enable-grpc-gateway", Bool, "true", G_MEMBER, "Serve the JSON gateway (/v3/...).", NE_LATER),
     // experimental
-    f("experimental-initial-corrupt-check", Bool, "false", G_EXP, "Check data corruption before serving.", NE_EXP),
+    f("experimental-initial-corrupt-check", Bool, "false", G_EXP, "Check data corruption before serving.", None),
     f("experimental-corrupt-check-time", Duration, "0s", G_EXP, "Interval of cluster corruption checks.", NE_EXP),
     f("experimental-compact-hash-check-enabled", Bool, "false", G_EXP, "Leader checks followers' compaction hashes.", NE_EXP),
     f("experimental-compact-hash-check-time", Duration, "1m0s", G_EXP, "Interval of compaction hash checks.", NE_EXP),

@@ -7,7 +7,9 @@
 pub mod api;
 pub mod config;
 pub mod coordinator;
+pub mod corrupt;
 pub mod error;
+pub mod etcdfmt;
 pub mod failpoint;
 pub mod ids;
 #[macro_use]

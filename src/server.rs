@@ -41,6 +41,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // An etcd v3.5 data dir becomes rusd's once, before anything of rusd's layout is read.
+    if let Some(imported) =
+        crate::etcdfmt::import::import_if_etcd(&cfg.data_dir, cfg.wal_dir.as_deref(), shard_count)?
+    {
+        imported.log();
+    }
     let wal_dir = cfg
         .wal_dir
         .clone()
@@ -132,13 +138,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         shard_rxs.push(rx);
     }
     let published = Arc::new(Published::default());
+    // etcd's ReqTimeout: 5 s plus two election timeouts.
+    let request_timeout =
+        Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms);
     let ctx = Context {
         coordinator: CoordinatorHandle::new(
             raft_tx.clone(),
             queries_tx,
             watch_tx.clone(),
-            // etcd's ReqTimeout: 5 s plus two election timeouts.
-            Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms),
+            request_timeout,
         ),
         shards: ShardSet::new(shard_txs),
         published: published.clone(),
@@ -319,6 +327,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .recv_timeout(Duration::from_secs(1))
             .unwrap_or_else(|_| "the coordinator stopped before serving".into());
         anyhow::bail!("{msg}");
+    }
+    if cfg.experimental_initial_corrupt_check {
+        let peers: Vec<u64> = members
+            .iter()
+            .filter(|(name, _, _)| *name != cfg.name)
+            .map(|(_, id, _)| *id)
+            .collect();
+        crate::corrupt::initial_check(&ctx, &peers, request_timeout)?;
     }
     ctx.health.mark_serving();
     listen_plan.log_ready();

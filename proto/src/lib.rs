@@ -2,7 +2,8 @@
 //! peer protocol (`rusdpeer`).
 //!
 //! Generated from `proto/etcd/**/*.proto`, which are wire-identical to etcd
-//! v3.5.17's `etcdserverpb`, `mvccpb`, `authpb`, `v3electionpb` and `v3lockpb` packages (checked by
+//! v3.5.17's `etcdserverpb` (rpc, etcdserver and raft_internal), `mvccpb`, `authpb`, `membershippb`,
+//! `leasepb`, `v3electionpb` and `v3lockpb` packages (checked by
 //! `tests/wire_compat.rs`). `bytes` fields are `bytes::Bytes`.
 //!
 //! Services live in `etcdserverpb::{kv,watch,lease,cluster,maintenance,auth}_server`
@@ -28,6 +29,16 @@ pub mod authpb {
 /// Auth services (`etcdserverpb`).
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
+/// Membership messages carried in raft entries (`membershippb`).
+pub mod membershippb {
+    include!(concat!(env!("OUT_DIR"), "/membershippb.rs"));
+}
+
+/// The `lease` bucket's record (`leasepb`).
+pub mod leasepb {
+    include!(concat!(env!("OUT_DIR"), "/leasepb.rs"));
 }
 
 /// The Election service of the client port (`v3electionpb`).

@@ -33,6 +33,8 @@ const PACKAGES: &[&str] = &[
     "etcdserverpb",
     "mvccpb",
     "authpb",
+    "membershippb",
+    "leasepb",
     "v3electionpb",
     "v3lockpb",
 ];
@@ -42,6 +44,18 @@ const ETCD_FILES: &[(&str, &str)] = &[
     ("etcdserverpb/rpc.proto", "etcd/api/etcdserverpb/rpc.proto"),
     ("mvccpb/kv.proto", "etcd/api/mvccpb/kv.proto"),
     ("authpb/auth.proto", "etcd/api/authpb/auth.proto"),
+    (
+        "etcdserverpb/etcdserver.proto",
+        "etcd/api/etcdserverpb/etcdserver.proto",
+    ),
+    (
+        "membershippb/membership.proto",
+        "etcd/api/membershippb/membership.proto",
+    ),
+    (
+        "etcdserverpb/raft_internal.proto",
+        "etcd/api/etcdserverpb/raft_internal.proto",
+    ),
 ];
 
 /// etcd's Election and Lock protos, from the server module (they import the API files above).
@@ -54,7 +68,26 @@ const ETCD_SERVER_FILES: &[(&str, &str)] = &[
         "etcdserver/api/v3lock/v3lockpb/v3lock.proto",
         "etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
     ),
+    (
+        "lease/leasepb/lease.proto",
+        "etcd/server/lease/leasepb/lease.proto",
+    ),
 ];
+
+/// etcd builds raft_internal.proto with its own directory on the include path, so it imports
+/// its neighbours by bare name; here every file has one name, from the include root.
+fn etcd_import_paths(contents: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(contents)
+        .replace(
+            "import \"etcdserver.proto\";",
+            "import \"etcd/api/etcdserverpb/etcdserver.proto\";",
+        )
+        .replace(
+            "import \"rpc.proto\";",
+            "import \"etcd/api/etcdserverpb/rpc.proto\";",
+        )
+        .into_bytes()
+}
 
 // ---------------------------------------------------------------------------
 // Locating etcd's sources
@@ -243,7 +276,11 @@ fn compile_etcd(real_imports: bool) -> (FileDescriptorSet, DescriptorPool) {
     let root = tmp.path();
 
     for (src, dst) in ETCD_FILES {
-        put(root, dst, &fs::read(api.join(src)).unwrap());
+        put(
+            root,
+            dst,
+            &etcd_import_paths(&fs::read(api.join(src)).unwrap()),
+        );
     }
     let server = etcd_server_dir();
     for (src, dst) in ETCD_SERVER_FILES {
@@ -341,7 +378,14 @@ fn flatten(fds: &FileDescriptorSet) -> Flat {
         if !PACKAGES.contains(&f.package()) {
             continue;
         }
-        assert_eq!(f.syntax(), "proto3", "{} is not proto3", f.name());
+        // etcd writes every file in proto3 except etcdserver.proto (v2 requests and the WAL
+        // metadata), which is proto2; ours must say the same, as presence rules differ.
+        let expected = if f.name().ends_with("etcdserverpb/etcdserver.proto") {
+            ""
+        } else {
+            "proto3"
+        };
+        assert_eq!(f.syntax(), expected, "{}: unexpected syntax", f.name());
         let pkg = format!(".{}", f.package());
         for m in &f.message_type {
             flatten_msg(&pkg, m, &mut flat);

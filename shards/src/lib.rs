@@ -11,7 +11,7 @@ pub use routing::{key_hash, shard_for_key};
 pub use segment::{SegmentError, SegmentLog};
 pub use storage::{FaultyStorage, MemStorage, Storage};
 pub use store::{
-    combine_compare, combine_hash_records, key_in_range, CompareOutcome, HashRecord, MvccStore,
-    TxnOutcome,
+    combine_compare, combine_hash_records, encode_key_value, key_in_range, key_value_encoded_len,
+    CompareOutcome, HashRecord, MvccStore, SnapshotVersion, SnapshotView, TxnOutcome,
 };
 pub use types::*;

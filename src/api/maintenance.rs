@@ -215,14 +215,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
-    type SnapshotStream = futures::stream::Empty<Result<pb::SnapshotResponse, Status>>;
+    type SnapshotStream = super::snapshot::SnapshotStream;
 
     async fn snapshot(
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.ctx.require_admin(&request)?;
-        Err(unimplemented("Snapshot"))
+        Ok(Response::new(super::snapshot::start(&self.ctx).await?))
     }
 
     async fn move_leader(

@@ -12,6 +12,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod router;
+pub mod snapshot;
 pub mod status;
 pub mod watch;
 

@@ -316,6 +316,11 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                         }
                     }
                 }
+                // A snapshot's cut queues a message on every shard, between two apply steps.
+                Wake::Query(CoordMsg::SnapshotState { reply }) => {
+                    let state = self.checkpoint_state(self.applied_index)?;
+                    let _ = reply.send(super::snapshot::cut(state, &self.shards).await?);
+                }
                 Wake::Query(q) => self.on_query(q),
                 Wake::Checkpoint(result) => self.on_checkpoint_done(result).await?,
                 Wake::Timer => {}
@@ -630,8 +635,11 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             CoordMsg::AlarmList { reply } => {
                 let _ = reply.send(self.alarms.iter().copied().collect());
             }
-            CoordMsg::Propose { .. } | CoordMsg::ReadIndex { .. } | CoordMsg::Watch(_) => {
-                unreachable!("the coordinator handle routes these elsewhere")
+            CoordMsg::Propose { .. }
+            | CoordMsg::ReadIndex { .. }
+            | CoordMsg::Watch(_)
+            | CoordMsg::SnapshotState { .. } => {
+                unreachable!("the coordinator handle and the apply loop route these elsewhere")
             }
         }
     }

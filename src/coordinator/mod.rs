@@ -14,6 +14,7 @@ pub mod members;
 pub mod raft;
 pub mod rpc;
 pub mod seams;
+pub mod snapshot;
 pub mod transfer;
 pub mod wal;
 pub mod watch;
@@ -147,6 +148,10 @@ pub enum CoordMsg {
     },
     MemberList {
         reply: oneshot::Sender<Vec<members::Member>>,
+    },
+    /// The state at the applied index and every shard's view of it (`snapshot::cut`).
+    SnapshotState {
+        reply: oneshot::Sender<snapshot::Cut>,
     },
     Watch(watch::WatchMsg),
 }

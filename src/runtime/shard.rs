@@ -104,6 +104,12 @@ pub enum ShardMsg {
         index: u64,
         reply: oneshot::Sender<Result<Vec<(Bytes, i64)>, String>>,
     },
+    /// Every version this shard retains, detached from the store (`MvccStore::snapshot_view`):
+    /// sent by the coordinator between two applied entries, so every shard's view is of the
+    /// same applied index.
+    SnapshotView {
+        reply: oneshot::Sender<shards::SnapshotView>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -454,6 +460,9 @@ pub fn handle<S: Storage>(shard: &mut Shard<S>, msg: ShardMsg) {
             reply,
         } => {
             let _ = reply.send(shard.install(&layout, index));
+        }
+        ShardMsg::SnapshotView { reply } => {
+            let _ = reply.send(store.snapshot_view());
         }
         ShardMsg::Stats { reply } => {
             let _ = reply.send(ShardStats {

@@ -149,6 +149,8 @@ pub struct StartFailure {
 #[derive(Clone, Debug)]
 pub struct ServerOpts {
     pub shards: usize,
+    /// Run the reference etcd instead of the binary under test.
+    pub reference_etcd: bool,
     /// Extra command-line flags (etcd's names), e.g. `["--max-request-bytes", "1024"]`.
     pub args: Vec<String>,
 }
@@ -157,6 +159,7 @@ impl ServerOpts {
     pub fn new(shards: usize) -> ServerOpts {
         ServerOpts {
             shards,
+            reference_etcd: false,
             args: Vec::new(),
         }
     }
@@ -166,6 +169,11 @@ impl ServerOpts {
     }
     pub fn start(self) -> Server {
         Server::start_with(self)
+    }
+    /// The reference etcd v3.5.17, whatever the suite runs against.
+    pub fn reference_etcd(mut self) -> ServerOpts {
+        self.reference_etcd = true;
+        self
     }
 }
 
@@ -187,6 +195,31 @@ impl Server {
     }
 
     pub fn start_with(opts: ServerOpts) -> Server {
+        Server::start_prepared(opts, |_| {})
+    }
+
+    /// A server that is not started yet, on a data dir that `prepare` filled: start it with
+    /// `restart` or `restart_expecting_failure`.
+    pub fn prepared(opts: ServerOpts, prepare: impl FnOnce(&Path)) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("rusd-test-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let s = Server {
+            opts,
+            port: free_port(),
+            dir,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            starts: 0,
+        };
+        prepare(&s.data_dir());
+        s
+    }
+
+    /// Starts a server on a data dir that `prepare` fills first (it is given the path of the
+    /// data dir, which does not exist yet).
+    pub fn start_prepared(opts: ServerOpts, prepare: impl FnOnce(&Path)) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("rusd-test-")
             .tempdir()
@@ -199,6 +232,7 @@ impl Server {
             log: Arc::new(Mutex::new(String::new())),
             starts: 0,
         };
+        prepare(&s.data_dir());
         // A port that was free when probed can be taken before the server binds it: retry.
         for attempt in 0.. {
             s.port = free_port();
@@ -250,7 +284,11 @@ impl Server {
     }
 
     fn command(&self) -> Command {
-        let (bin, is_etcd) = server_binary();
+        let (bin, is_etcd) = if self.opts.reference_etcd {
+            (etcd_path(), true)
+        } else {
+            server_binary()
+        };
         let mut cmd = Command::new(bin);
         // etcd (and so rusd) read ETCD_* variables as flags: keep the caller's out.
         for (k, _) in std::env::vars_os() {
@@ -769,48 +807,64 @@ pub fn assert_status<T: std::fmt::Debug>(
 /// The reference etcdctl v3.5.17: `$ETCDCTL`, else the cache's, built when missing.
 pub fn etcdctl_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("ETCDCTL").filter(|p| !p.is_empty()) {
-            let p = PathBuf::from(p);
-            assert!(p.exists(), "ETCDCTL={} does not exist", p.display());
-            return p;
-        }
-        let cache = std::env::var_os("RUSD_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/rusd")
-            });
-        let default = cache.join("etcd-v3.5.17/bin/etcdctl");
-        if default.exists() {
-            return default;
-        }
-        // Build it (Go module proxy), never skip the tests that need it.
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/etcd-ref-tools.sh");
-        eprintln!("etcdctl not found at {}: building it", default.display());
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("etcdctl")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running scripts/etcd-ref-tools.sh");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "scripts/etcd-ref-tools.sh etcdctl failed ({}):\n{stdout}",
-            out.status
-        );
-        let bin_dir = stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .expect("etcd-ref-tools.sh prints the bin dir last")
-            .trim()
-            .to_string();
-        let p = PathBuf::from(bin_dir).join("etcdctl");
-        assert!(p.exists(), "{} missing after the build", p.display());
-        p
-    })
-    .clone()
+    PATH.get_or_init(|| reference_tool("etcdctl", "ETCDCTL"))
+        .clone()
+}
+
+/// The reference etcdutl v3.5.17: `$ETCDUTL`, else the cache's, built when missing.
+pub fn etcdutl_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| reference_tool("etcdutl", "ETCDUTL"))
+        .clone()
+}
+
+/// The reference etcd v3.5.17 server: `$ETCD_BIN`, else the cache's, built when missing.
+pub fn etcd_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| reference_tool("etcd", "ETCD_BIN"))
+        .clone()
+}
+
+fn reference_tool(tool: &str, variable: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(variable).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "{variable}={} does not exist", p.display());
+        return p;
+    }
+    let cache = std::env::var_os("RUSD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/rusd")
+        });
+    let default = cache.join("etcd-v3.5.17/bin").join(tool);
+    if default.exists() {
+        return default;
+    }
+    // Build it (Go module proxy), never skip the tests that need it.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/etcd-ref-tools.sh");
+    eprintln!("{tool} not found at {}: building it", default.display());
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(tool)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running scripts/etcd-ref-tools.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/etcd-ref-tools.sh {tool} failed ({}):\n{stdout}",
+        out.status
+    );
+    let bin_dir = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .expect("etcd-ref-tools.sh prints the bin dir last")
+        .trim()
+        .to_string();
+    let p = PathBuf::from(bin_dir).join(tool);
+    assert!(p.exists(), "{} missing after the build", p.display());
+    p
 }
 
 #[derive(Debug)]
