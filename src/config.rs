@@ -632,15 +632,18 @@ const G_IGN: &str = "Ignored (obsolete)";
 const G_FILE: &str = "config-file only";
 
 const NE_TUNE: Option<&str> = Some("storage/raft tuning knob; rusd uses its own storage engine");
-const NE_CLUSTER: Option<&str> = Some("clustering beyond one voter arrives later");
+const NE_CLUSTER: Option<&str> =
+    Some("not implemented yet: membership changes and --force-new-cluster (issue #11)");
+const NE_PEER_TIMEOUT: Option<&str> = Some(
+    "peer connections use the transport's own deadlines and heartbeat-driven liveness (docs/peer-protocol.md)",
+);
 const NE_V2: Option<&str> = Some("v2 API not served");
 const NE_PROXY: Option<&str> = Some("v2 proxy mode not implemented");
 const NE_TLS_AS_CLIENT: Option<&str> =
     Some("rusd makes no client connections (no loopback gateway); the pair is checked at start");
-const NE_PEER_TLS: Option<&str> = Some(
-    "no peer listener yet (single node); checked at start and built into the peer TLS configuration (net::tls::peer_server_config/peer_client_config)",
+const NE_DISC: Option<&str> = Some(
+    "discovery (v2 discovery service, DNS SRV) not implemented: a non-empty --discovery or --discovery-srv stops start-up",
 );
-const NE_DISC: Option<&str> = Some("discovery (v2 discovery service, DNS SRV) not implemented");
 const NE_TRACE: Option<&str> = Some("OpenTelemetry tracing not implemented");
 const NE_EXP: Option<&str> = Some("experimental etcd feature not implemented yet");
 const NE_IGN: Option<&str> = Some("obsolete flag, ignored by etcd too");
@@ -657,8 +660,8 @@ pub static FLAGS: &[FlagSpec] = &[
     f("snapshot-count", Uint, "100000", G_MEMBER, "Number of committed transactions to trigger a snapshot to disk (rusd: a checkpoint: shard segments synced, coordinator state saved, older WAL files removed).", None),
     f("heartbeat-interval", Uint, "100", G_MEMBER, "Heartbeat interval in milliseconds.", None),
     f("election-timeout", Uint, "1000", G_MEMBER, "Election timeout in milliseconds.", None),
-    f("initial-election-tick-advance", Bool, "true", G_MEMBER, "Fast-forward election ticks at boot.", NE_CLUSTER),
-    f("listen-peer-urls", Urls, "http://localhost:2380", G_MEMBER, "URLs to listen on for peer traffic.", NE_CLUSTER),
+    f("initial-election-tick-advance", Bool, "true", G_MEMBER, "Fast-forward election ticks at boot.", Some("not implemented: a starting member waits one full election timeout before it campaigns")),
+    f("listen-peer-urls", Urls, "http://localhost:2380", G_MEMBER, "URLs to listen on for peer traffic.", None),
     f("listen-client-urls", Urls, "http://localhost:2379", G_MEMBER, "URLs to listen on for client gRPC and HTTP traffic.", None),
     f("listen-client-http-urls", Urls, "", G_MEMBER, "URLs to listen on for client HTTP only traffic.", NE_LATER),
     f("max-snapshots", Uint, "5", G_MEMBER, "Snapshot files to keep (0 = unlimited).", NE_TUNE),
@@ -675,8 +678,8 @@ pub static FLAGS: &[FlagSpec] = &[
     f("grpc-keepalive-timeout", Duration, "20s", G_MEMBER, "Wait for a ping answer before closing (0 = off).", NE_GRPC),
     f("socket-reuse-port", Bool, "false", G_MEMBER, "Set SO_REUSEPORT on listeners.", NE_LATER),
     f("socket-reuse-address", Bool, "false", G_MEMBER, "Set SO_REUSEADDR on listeners.", NE_LATER),
-    f("raft-read-timeout", Duration, "5s", G_MEMBER, "Read timeout of peer connections (at least 5s).", NE_CLUSTER),
-    f("raft-write-timeout", Duration, "5s", G_MEMBER, "Write timeout of peer connections (at least 5s).", NE_CLUSTER),
+    f("raft-read-timeout", Duration, "5s", G_MEMBER, "Read timeout of peer connections (at least 5s).", NE_PEER_TIMEOUT),
+    f("raft-write-timeout", Duration, "5s", G_MEMBER, "Write timeout of peer connections (at least 5s).", NE_PEER_TIMEOUT),
     // clustering
     f("initial-advertise-peer-urls", Urls, "http://localhost:2380", G_CLUSTER, "This member's peer URLs, as advertised to the cluster.", None),
     f("initial-cluster", Str, "default=http://localhost:2380", G_CLUSTER, "Initial cluster members: name=peerURL,...", None),
@@ -689,7 +692,7 @@ pub static FLAGS: &[FlagSpec] = &[
     f("discovery-srv", Str, "", G_CLUSTER, "DNS SRV domain for bootstrapping.", NE_DISC),
     f("discovery-srv-name", Str, "", G_CLUSTER, "Suffix of the DNS SRV name.", NE_DISC),
     f("strict-reconfig-check", Bool, "true", G_CLUSTER, "Refuse reconfigurations that would lose quorum.", NE_CLUSTER),
-    f("pre-vote", Bool, "true", G_CLUSTER, "Run raft's pre-vote phase.", NE_CLUSTER),
+    f("pre-vote", Bool, "true", G_CLUSTER, "Run raft's pre-vote phase.", Some("pre-vote is always on, etcd 3.5's default; turning it off is not supported")),
     f("auto-compaction-retention", Str, "0", G_CLUSTER, "Auto compaction retention (0 = off).", NE_LATER),
     f("auto-compaction-mode", Str, "periodic", G_CLUSTER, "periodic or revision.", NE_LATER),
     f("enable-v2", Bool, "false", G_CLUSTER, "Serve the v2 API.", NE_V2),
@@ -712,19 +715,19 @@ pub static FLAGS: &[FlagSpec] = &[
     f("client-cert-allowed-hostname", Strings, "", G_SEC, "Allowed SAN hostnames of client certificates.", None),
     f("trusted-ca-file", Str, "", G_SEC, "CA bundle for client certificates.", None),
     f("auto-tls", Bool, "false", G_SEC, "Client TLS with a generated self-signed certificate.", None),
-    f("peer-cert-file", Str, "", G_SEC, "Peer TLS certificate.", NE_PEER_TLS),
-    f("peer-key-file", Str, "", G_SEC, "Peer TLS key.", NE_PEER_TLS),
-    f("peer-client-cert-file", Str, "", G_SEC, "Certificate used as a peer client.", NE_PEER_TLS),
-    f("peer-client-key-file", Str, "", G_SEC, "Key used as a peer client.", NE_PEER_TLS),
-    f("peer-client-cert-auth", Bool, "false", G_SEC, "Require peer client certificates.", NE_PEER_TLS),
-    f("peer-trusted-ca-file", Str, "", G_SEC, "CA bundle for peer certificates.", NE_PEER_TLS),
-    f("peer-auto-tls", Bool, "false", G_SEC, "Peer TLS with a generated self-signed certificate.", NE_PEER_TLS),
+    f("peer-cert-file", Str, "", G_SEC, "Peer TLS certificate.", None),
+    f("peer-key-file", Str, "", G_SEC, "Peer TLS key.", None),
+    f("peer-client-cert-file", Str, "", G_SEC, "Certificate used as a peer client.", None),
+    f("peer-client-key-file", Str, "", G_SEC, "Key used as a peer client.", None),
+    f("peer-client-cert-auth", Bool, "false", G_SEC, "Require peer client certificates.", None),
+    f("peer-trusted-ca-file", Str, "", G_SEC, "CA bundle for peer certificates.", None),
+    f("peer-auto-tls", Bool, "false", G_SEC, "Peer TLS with a generated self-signed certificate.", None),
     f("self-signed-cert-validity", Uint, "1", G_SEC, "Validity in years of generated certificates.", None),
-    f("peer-crl-file", Str, "", G_SEC, "Peer certificate revocation list.", NE_PEER_TLS),
-    f("peer-cert-allowed-cn", Strings, "", G_SEC, "Allowed CNs of peer certificates.", NE_PEER_TLS),
-    f("peer-cert-allowed-hostname", Strings, "", G_SEC, "Allowed SAN hostnames of peer certificates.", NE_PEER_TLS),
+    f("peer-crl-file", Str, "", G_SEC, "Peer certificate revocation list.", None),
+    f("peer-cert-allowed-cn", Strings, "", G_SEC, "Allowed CNs of peer certificates.", None),
+    f("peer-cert-allowed-hostname", Strings, "", G_SEC, "Allowed SAN hostnames of peer certificates.", None),
     f("cipher-suites", Strings, "", G_SEC, "Allowed TLS cipher suites.", None),
-    f("experimental-peer-skip-client-san-verification", Bool, "false", G_SEC, "Skip SAN checks of peer client certificates.", NE_PEER_TLS),
+    f("experimental-peer-skip-client-san-verification", Bool, "false", G_SEC, "Skip SAN checks of peer client certificates.", None),
     f("tls-min-version", Str, "TLS1.2", G_SEC, "Minimum TLS version: TLS1.2 or TLS1.3.", None),
     f("tls-max-version", Str, "", G_SEC, "Maximum TLS version: TLS1.2 or TLS1.3 (empty = library default).", None),
     f("cors", Cors, "*", G_SEC, "Allowed CORS origins (* = all).", NE_LATER),

@@ -39,6 +39,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     runtime::ensure_memlock(shard_count)?;
     block_signals();
 
+    // Without discovery this member would start alone from the default --initial-cluster: a
+    // silent one-member cluster where the operator asked for a bigger one.
+    if !cfg.discovery.is_empty() || !cfg.discovery_srv.is_empty() {
+        anyhow::bail!(
+            "rusd does not implement cluster discovery (--discovery, --discovery-srv); \
+             bootstrap with --initial-cluster instead"
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // An etcd v3.5 data dir becomes rusd's once, before anything of rusd's layout is read.

@@ -319,3 +319,30 @@ fn torn_wal_tail_is_cut_and_acknowledged_writes_survive() {
         }
     });
 }
+
+/// Discovery is not implemented: a member given `--discovery` or `--discovery-srv` must stop
+/// with a clear error, not start alone from the default `--initial-cluster`.
+#[test]
+fn discovery_flags_stop_start_up_instead_of_a_lone_member() {
+    for flag in ["--discovery-srv", "--discovery"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("d");
+        let value = if flag == "--discovery" {
+            "https://discovery.example.com/abc"
+        } else {
+            "example.com"
+        };
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rusd"))
+            .args([flag, value, "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: the member started");
+        assert!(
+            stderr.contains("rusd does not implement cluster discovery"),
+            "{flag}: {stderr}"
+        );
+        assert!(!data_dir.exists(), "{flag}: a data dir was created");
+    }
+}

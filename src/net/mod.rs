@@ -361,7 +361,7 @@ where
             );
             serve_http(tls_stream, cn, &serving).await;
         }
-        Some(Err(e)) => rejected(&remote, &server_name, &e.to_string()),
+        Some(Err(e)) => rejected(&remote, &server_name, &crate::net::tls::go_tls_io_error(&e)),
         None => rejected(
             &remote,
             &server_name,

@@ -515,7 +515,25 @@ pub fn client_config(info: &TlsInfo, opts: &TlsOptions) -> anyhow::Result<Arc<Cl
         } else {
             load_roots(Path::new(&info.trusted_ca_file))?
         };
-        builder.with_root_certificates(roots)
+        if info.allowed_cn.is_empty() && info.allowed_hostname.is_empty() {
+            builder.with_root_certificates(roots)
+        } else {
+            // etcd's allowed CN/hostname check sits in the TLS config both sides share, so a
+            // member also refuses a peer *server* whose certificate names someone else.
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .context("the server certificate verifier")?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AllowedNameServerVerifier {
+                    inner,
+                    allowed_cn: info.allowed_cn.clone(),
+                    allowed_hostname: info.allowed_hostname.clone(),
+                }))
+        }
     };
     let (cert, key) = if !info.client_cert_file.is_empty() {
         (&info.client_cert_file, &info.client_key_file)
@@ -838,20 +856,8 @@ impl ClientCertVerifier for EtcdClientVerifier {
         if self.allowed_cn.is_empty() && self.allowed_hostname.is_empty() {
             return Ok(verified);
         }
-        let ok = if !self.allowed_cn.is_empty() {
-            common_name(end_entity).is_some_and(|cn| self.allowed_cn.contains(&cn))
-        } else {
-            self.allowed_hostname
-                .iter()
-                .any(|h| cert_matches_host(end_entity, h))
-        };
-        if ok {
-            Ok(verified)
-        } else {
-            Err(rustls::Error::General(
-                "client certificate authentication failed".into(),
-            ))
-        }
+        allowed_name_check(end_entity, &self.allowed_cn, &self.allowed_hostname)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -890,6 +896,134 @@ impl ClientCertVerifier for EtcdClientVerifier {
 }
 
 /// Go's `InsecureSkipVerify` for auto-TLS peers: any server certificate, signatures checked.
+/// etcd's `VerifyPeerCertificate` for `--*-cert-allowed-cn` / `--*-cert-allowed-hostname`:
+/// the verified certificate must carry an allowed CN (or match an allowed hostname). A refusal
+/// sends the `bad_certificate` alert, as Go's TLS stack does for that callback's error; the
+/// other side then reports "remote error: tls: bad certificate".
+fn allowed_name_check(
+    end_entity: &CertificateDer<'_>,
+    allowed_cn: &[String],
+    allowed_hostname: &[String],
+) -> Result<(), rustls::Error> {
+    if allowed_cn.is_empty() && allowed_hostname.is_empty() {
+        return Ok(());
+    }
+    let ok = if !allowed_cn.is_empty() {
+        common_name(end_entity).is_some_and(|cn| allowed_cn.contains(&cn))
+    } else {
+        allowed_hostname
+            .iter()
+            .any(|h| cert_matches_host(end_entity, h))
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName,
+        ))
+    }
+}
+
+/// A server certificate verifier with etcd's allowed-name check after the usual path check.
+#[derive(Debug)]
+struct AllowedNameServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    allowed_cn: Vec<String>,
+    allowed_hostname: Vec<String>,
+}
+
+impl ServerCertVerifier for AllowedNameServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        allowed_name_check(end_entity, &self.allowed_cn, &self.allowed_hostname)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// How Go's crypto/tls prints a TLS failure, for etcd's log lines: an alert the other side
+/// sent reads "remote error: tls: <alert>", with Go's names for the alerts.
+pub fn go_tls_error(error: &rustls::Error) -> String {
+    use rustls::AlertDescription as A;
+    match error {
+        rustls::Error::AlertReceived(alert) => {
+            let name = match alert {
+                A::BadCertificate => "bad certificate".to_string(),
+                A::UnknownCA => "unknown certificate authority".to_string(),
+                A::CertificateExpired => "expired certificate".to_string(),
+                A::CertificateRevoked => "revoked certificate".to_string(),
+                A::CertificateUnknown => "unknown certificate".to_string(),
+                A::UnsupportedCertificate => "unsupported certificate".to_string(),
+                A::CertificateRequired => "certificate required".to_string(),
+                A::HandshakeFailure => "handshake failure".to_string(),
+                A::ProtocolVersion => "protocol version not supported".to_string(),
+                A::AccessDenied => "access denied".to_string(),
+                A::DecryptError => "error decrypting message".to_string(),
+                A::DecodeError => "error decoding message".to_string(),
+                A::IllegalParameter => "illegal parameter".to_string(),
+                A::InternalError => "internal error".to_string(),
+                A::InsufficientSecurity => "insufficient security level".to_string(),
+                A::NoApplicationProtocol => "no application protocol".to_string(),
+                A::UnrecognisedName => "unrecognized name".to_string(),
+                other => format!("alert({})", u8::from(*other)),
+            };
+            format!("remote error: tls: {name}")
+        }
+        other => format!("tls: {other}"),
+    }
+}
+
+/// An I/O error from a TLS handshake a listener accepted (rustls wraps its errors in
+/// io::Error), as etcd logs it: an alert from the other side as Go prints it
+/// ([`go_tls_error`]); a client certificate refused by the allowed CN/hostname check (the only
+/// name check a server makes on client certificates) with etcd's text; anything else as it is.
+pub fn go_tls_io_error(error: &std::io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls @ rustls::Error::AlertReceived(_)) => go_tls_error(tls),
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)) => {
+            "client certificate authentication failed".to_string()
+        }
+        _ => error.to_string(),
+    }
+}
+
 #[derive(Debug)]
 struct SkipServerVerification(Arc<CryptoProvider>);
 

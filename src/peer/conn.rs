@@ -303,7 +303,12 @@ pub async fn secure_server<S: Accepted>(
     let tls_stream = match with_timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
-            rejected(remote, &server_name, None, &e.to_string());
+            rejected(
+                remote,
+                &server_name,
+                None,
+                &crate::net::tls::go_tls_io_error(&e),
+            );
             return None;
         }
         None => {
