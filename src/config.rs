@@ -757,7 +757,7 @@ pub static FLAGS: &[FlagSpec] = &[
     // gateway
     f("enable-grpc-gateway", Bool, "true", G_MEMBER, "Serve the JSON gateway (/v3/...).", NE_LATER),
     // experimental
-    f("experimental-initial-corrupt-check", Bool, "false", G_EXP, "Check data corruption before serving.", None),
+    f("experimental-initial-corrupt-check", Bool, "false", G_EXP, "Check data corruption before serving.", Some("in part: the local hash is computed and logged before serving, but peers' hashes are not fetched yet (each peer is logged as unreachable), so a mismatch between members is not detected")),
     f("experimental-corrupt-check-time", Duration, "0s", G_EXP, "Interval of cluster corruption checks.", NE_EXP),
     f("experimental-compact-hash-check-enabled", Bool, "false", G_EXP, "Leader checks followers' compaction hashes.", NE_EXP),
     f("experimental-compact-hash-check-time", Duration, "1m0s", G_EXP, "Interval of compaction hash checks.", NE_EXP),

@@ -3,8 +3,10 @@
 //! revision, as etcd's `InitialCheck` does; a mismatch at the same compact revision stops
 //! start-up.
 //!
-//! rusd has no peer transport yet, so a peer's hash cannot be fetched: each peer is reported
-//! as unreachable (etcd's reaction to a peer that does not answer), and a single member passes.
+//! The peer request that would fetch a peer's hash (etcd's `/members/hashkv` on the peer port)
+//! is not built yet, so each peer is reported as one whose hash could not be fetched (etcd's
+//! reaction to a peer that does not answer) and only the local hash is computed; a single
+//! member passes. docs/flags.md says so for the flag.
 
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ pub fn initial_check(
             "local-member-compact-revision" => if compact_revision == 0 { -1 } else { compact_revision },
             "local-member-hash" => hash,
             "remote-peer-id" => crate::ids::format_id(*peer),
-            "error" => "rusd has no peer transport yet"
+            "error" => "rusd does not fetch peer hashes yet"
         );
     }
     crate::log_info!(

@@ -22,6 +22,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     crate::failpoint::init_from_env().map_err(|e| anyhow::anyhow!("failpoints: {e}"))?;
     stop_on_panic();
     cfg.emit_startup_logs();
+    // Without discovery this member would start alone from the default --initial-cluster: a
+    // silent one-member cluster where the operator asked for a bigger one.
+    if !cfg.discovery.is_empty() || !cfg.discovery_srv.is_empty() {
+        anyhow::bail!(
+            "rusd does not implement cluster discovery (--discovery, --discovery-srv); \
+             bootstrap with --initial-cluster instead"
+        );
+    }
     cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
     log_info!(
         "starting rusd",
@@ -39,14 +47,6 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     runtime::ensure_memlock(shard_count)?;
     block_signals();
 
-    // Without discovery this member would start alone from the default --initial-cluster: a
-    // silent one-member cluster where the operator asked for a bigger one.
-    if !cfg.discovery.is_empty() || !cfg.discovery_srv.is_empty() {
-        anyhow::bail!(
-            "rusd does not implement cluster discovery (--discovery, --discovery-srv); \
-             bootstrap with --initial-cluster instead"
-        );
-    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // An etcd v3.5 data dir becomes rusd's once, before anything of rusd's layout is read.
@@ -166,6 +166,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 .iter()
                 .map(|u| u.raw.clone())
                 .collect(),
+            election_timeout: Duration::from_millis(cfg.election_timeout_ms),
         }),
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,

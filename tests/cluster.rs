@@ -146,6 +146,32 @@ fn a_partitioned_leader_steps_down_and_refuses_linearizable_reads() {
         let leader = cluster.wait_leader(Duration::from_secs(10)).await;
         let mut old = cluster.members[leader].client().await;
         old.put("before", "partition").await;
+        // A watch that requires a leader (clientv3's WithRequireLeader, as Kubernetes sets
+        // it) on the old leader must end with "etcdserver: no leader" once it has none.
+        let channel = tonic::transport::Channel::from_shared(cluster.members[leader].url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut watch_client = pb::watch_client::WatchClient::new(channel);
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: b("w"),
+                    ..Default::default()
+                },
+            )),
+        };
+        // The request side stays open after the create, as a client's does.
+        use futures::StreamExt as _;
+        let requests = futures::stream::iter([create]).chain(futures::stream::pending());
+        let mut request = tonic::Request::new(requests);
+        request
+            .metadata_mut()
+            .insert("hasleader", "true".parse().unwrap());
+        let mut watch = watch_client.watch(request).await.unwrap().into_inner();
+        let created = watch.message().await.unwrap().unwrap();
+        assert!(created.created);
         cluster.isolate(leader);
         let cut_at = Instant::now();
         // The others elect a new leader within a few election timeouts (1 s each here).
@@ -201,6 +227,14 @@ fn a_partitioned_leader_steps_down_and_refuses_linearizable_reads() {
             })
             .await;
         assert!(stale.kvs.is_empty());
+        // Three election timeouts without a leader, after check-quorum made it step down.
+        let ended = tokio::time::timeout(Duration::from_secs(20), watch.message())
+            .await
+            .expect("the watch requiring a leader was still open 20 s after the partition");
+        match ended {
+            Err(status) => assert_eq!(status.message(), "etcdserver: no leader"),
+            Ok(m) => panic!("the watch requiring a leader did not end with an error: {m:?}"),
+        }
         cluster.heal();
         cluster.wait_leader(Duration::from_secs(10)).await;
         assert_converged(&cluster).await;

@@ -29,6 +29,8 @@ pub struct MemberInfo {
     pub member_id: u64,
     pub cluster_id: u64,
     pub client_urls: Vec<String>,
+    /// `--election-timeout`: how often streams that require a leader check for one.
+    pub election_timeout: std::time::Duration,
 }
 
 /// Everything a handler needs; `Send + Sync`, cloned into every service on every core.

@@ -33,6 +33,10 @@ pub struct WatchService {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
+/// Election timeouts without a leader after which a watch stream that requires one ends
+/// (etcd's `maxNoLeaderCnt`).
+const NO_LEADER_CHECKS_MAX: u32 = 3;
+
 /// Kubernetes sets `hasleader: true` on watches: such a stream must fail while there is no
 /// leader rather than wait silently.
 pub fn require_leader<T>(ctx: &Context, request: &Request<T>) -> Result<(), Status> {
@@ -163,6 +167,10 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         require_leader(&self.ctx, &request)?;
+        let wants_leader = request
+            .metadata()
+            .get("hasleader")
+            .is_some_and(|v| v.as_bytes() == b"true");
         let creds = super::auth::Credentials::of(&request);
         let mut incoming = request.into_inner();
         let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +223,36 @@ impl pb::watch_server::Watch for WatchService {
             crate::failpoint!("beforeSendWatchResponse");
             Ok(response_out(&ctx, out))
         });
-        Ok(Response::new(Box::pin(responses)))
+        if !wants_leader {
+            return Ok(Response::new(Box::pin(responses)));
+        }
+        // etcd's monitorLeader: a stream that asked for a leader ends with "etcdserver: no
+        // leader" once the member has been without one for three election timeouts, so a
+        // client (Kubernetes' reflectors) moves to a member that can serve it.
+        let (lost_tx, lost_rx) = flume::bounded::<Status>(1);
+        let ctx = self.ctx.clone();
+        glommio::spawn_local(async move {
+            let mut missed = 0;
+            loop {
+                glommio::timer::sleep(ctx.member.election_timeout).await;
+                if lost_tx.is_disconnected() {
+                    return;
+                }
+                missed = if ctx.published.leader() == 0 {
+                    missed + 1
+                } else {
+                    0
+                };
+                if missed >= NO_LEADER_CHECKS_MAX {
+                    let _ = lost_tx.try_send(status(EtcdError::NoLeader));
+                    return;
+                }
+            }
+        })
+        .detach();
+        let ended = lost_rx.into_stream().map(Err);
+        // The first error ends the response stream (tonic sends it as the call's status).
+        let merged = futures::stream::select(responses, ended);
+        Ok(Response::new(Box::pin(merged)))
     }
 }

@@ -230,17 +230,29 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
 /// closed before the cores bind.
 fn check_not_shared(addr: SocketAddr) -> anyhow::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    // As in bind_tcp: connections of an earlier process in TIME_WAIT do not count as in use.
-    socket.set_reuse_address(true)?;
-    match socket.bind(&addr.into()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            anyhow::bail!("listen tcp {addr}: bind: address already in use")
+    // A listener of a process that was just killed can outlive it briefly: io_uring releases
+    // the files its in-flight accepts hold after the process is reaped, asynchronously. So a
+    // restart right after a kill -9 retries for a moment before calling the address taken.
+    let deadline = std::time::Instant::now() + SHARED_PORT_GRACE;
+    loop {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // As in bind_tcp: connections of an earlier process in TIME_WAIT do not count as in use.
+        socket.set_reuse_address(true)?;
+        match socket.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!("listen tcp {addr}: bind: address already in use")
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => anyhow::bail!("listen tcp {addr}: bind: {e}"),
         }
-        Err(e) => anyhow::bail!("listen tcp {addr}: bind: {e}"),
     }
 }
+
+/// How long a listen address held by another socket is retried before start-up fails.
+const SHARED_PORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What every connection of one listener shares.
 pub struct Serving {

@@ -303,9 +303,11 @@ impl Server {
             .arg(self.url())
             .arg("--advertise-client-urls")
             .arg(self.url());
-        if is_etcd {
-            // The reference etcd also listens for peers: give it a free port of its own
-            // unless the test chose its peer URLs.
+        // The server (etcd, and rusd as etcd) also listens for peers: give it a free port of
+        // its own unless the test chose its peer URLs, so that servers of parallel tests
+        // never meet on the default :2380. The advertised peer URL stays etcd's default, which
+        // the member ID is computed from.
+        {
             if !self
                 .opts
                 .args
@@ -323,7 +325,8 @@ impl Server {
                     cmd.args(["--initial-advertise-peer-urls", "http://localhost:2380"]);
                 }
             }
-        } else {
+        }
+        if !is_etcd {
             cmd.arg("--shards").arg(self.opts.shards.to_string());
         }
         cmd.args(&self.opts.args);
