@@ -150,6 +150,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 .iter()
                 .map(|u| u.raw.clone())
                 .collect(),
+            strict_reconfig_check: cfg.strict_reconfig_check,
         }),
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
@@ -223,6 +224,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             name: cfg.name.clone(),
             client_urls: ctx.member.client_urls.clone(),
         },
+        strict_reconfig_check: cfg.strict_reconfig_check,
     };
     let mut coordinator_parts = Some(CoordinatorParts {
         peer_options,
@@ -294,6 +296,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut next_report = Duration::from_secs(5);
     loop {
         if let Ok(msg) = fatal_rx.try_recv() {
+            exit_if_removed(&msg);
             anyhow::bail!("{msg}");
         }
         if ready.is_finished() {
@@ -318,6 +321,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let msg = fatal_rx
             .recv_timeout(Duration::from_secs(1))
             .unwrap_or_else(|_| "the coordinator stopped before serving".into());
+        exit_if_removed(&msg);
         anyhow::bail!("{msg}");
     }
     ctx.health.mark_serving();
@@ -330,6 +334,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     });
     loop {
         if let Ok(msg) = fatal_rx.try_recv() {
+            exit_if_removed(&msg);
             anyhow::bail!("{msg}");
         }
         if let Ok(sig) = sig_rx.try_recv() {
@@ -339,6 +344,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A member removed from the cluster stops as etcd's does: the reason was logged where it was
+/// learned, and the process exits with status 0 (etcd's main returns normally once its server
+/// stopped).
+fn exit_if_removed(fatal: &str) {
+    if fatal.ends_with(coordinator::apply::REMOVED_FROM_CLUSTER) {
+        std::process::exit(0);
     }
 }
 

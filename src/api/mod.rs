@@ -28,6 +28,9 @@ pub struct MemberInfo {
     pub member_id: u64,
     pub cluster_id: u64,
     pub client_urls: Vec<String>,
+    /// --strict-reconfig-check: refuse membership changes the started members could not
+    /// survive.
+    pub strict_reconfig_check: bool,
 }
 
 /// Everything a handler needs; `Send + Sync`, cloned into every service on every core.

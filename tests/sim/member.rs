@@ -355,6 +355,7 @@ impl SimMember {
                     name: self.name.clone(),
                     client_urls: vec![format!("sim://{}/client", self.name)],
                 },
+                strict_reconfig_check: true,
             },
             SimLog {
                 disk: disk.clone(),
