@@ -688,7 +688,7 @@ pub static FLAGS: &[FlagSpec] = &[
     f("discovery-proxy", Str, "", G_CLUSTER, "HTTP proxy for the discovery service.", NE_DISC),
     f("discovery-srv", Str, "", G_CLUSTER, "DNS SRV domain for bootstrapping.", NE_DISC),
     f("discovery-srv-name", Str, "", G_CLUSTER, "Suffix of the DNS SRV name.", NE_DISC),
-    f("strict-reconfig-check", Bool, "true", G_CLUSTER, "Refuse reconfigurations that would lose quorum.", NE_CLUSTER),
+    f("strict-reconfig-check", Bool, "true", G_CLUSTER, "Refuse reconfigurations that would lose quorum.", None),
     f("pre-vote", Bool, "true", G_CLUSTER, "Run raft's pre-vote phase.", NE_CLUSTER),
     f("auto-compaction-retention", Str, "0", G_CLUSTER, "Auto compaction retention (0 = off).", NE_LATER),
     f("auto-compaction-mode", Str, "periodic", G_CLUSTER, "periodic or revision.", NE_LATER),
