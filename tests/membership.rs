@@ -331,3 +331,52 @@ fn a_second_voter_is_refused_until_the_first_one_started() {
         );
     });
 }
+
+#[test]
+fn membership_survives_checkpoints_and_restarts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // A checkpoint every few entries: the configuration must come back from the
+        // checkpoint, not only from replaying the WAL.
+        let mut cluster = Cluster::start(3, &["--snapshot-count", "5"]);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let mut client = cluster.members[leader].client().await;
+        let learner = add(&mut client, "http://127.0.0.1:1", true)
+            .await
+            .unwrap()
+            .member
+            .unwrap();
+        for i in 0..30 {
+            client.put(&format!("k{i}"), "v").await;
+        }
+        let mut expected: Vec<(u64, bool)> =
+            cluster.members.iter().map(|m| (m.id, false)).collect();
+        expected.push((learner.id, true));
+        for i in 0..3 {
+            assert!(
+                cluster.members[i]
+                    .log
+                    .lock()
+                    .unwrap()
+                    .contains("saved snapshot"),
+                "{} took no checkpoint",
+                cluster.members[i].name
+            );
+            cluster.kill(i);
+        }
+        cluster.restart_together(&[0, 1, 2]);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        assert_everyone_lists(&cluster, &expected).await;
+        let mut client = cluster.members[leader].client().await;
+        // raft knows the learner too: it still refuses to promote it, and removing it works.
+        assert_status(
+            promote(&mut client, learner.id).await,
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        );
+        remove(&mut client, learner.id).await.unwrap();
+        expected.pop();
+        assert_everyone_lists(&cluster, &expected).await;
+        client.put("after-restart", "v").await;
+    });
+}

@@ -299,6 +299,21 @@ impl Cluster {
         self.wait_ready(i, rx);
     }
 
+    /// Starts several stopped members again together (none can serve before a quorum runs)
+    /// and waits until each serves.
+    pub fn restart_together(&mut self, members: &[usize]) {
+        let ready: Vec<_> = members
+            .iter()
+            .map(|&i| {
+                assert!(!self.members[i].is_up());
+                (i, self.spawn(i))
+            })
+            .collect();
+        for (i, rx) in ready {
+            self.wait_ready(i, rx);
+        }
+    }
+
     /// Waits up to `within` for member `i`'s process to exit on its own; its exit status, or
     /// `None` if it still runs.
     pub fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
