@@ -72,6 +72,16 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         .clone();
     let metadata = match recovered.metadata {
         Some(m) => m,
+        // A new member of a running cluster must learn its ID and the cluster's from the
+        // peers before it has a WAL; that is not built, and bootstrapping a cluster of its own
+        // instead would be wrong. With a data dir the flag changes nothing (as in etcd).
+        None if cfg.initial_cluster_state == crate::config::ClusterState::Existing => {
+            anyhow::bail!(
+                "joining an existing cluster (--initial-cluster-state existing with an empty \
+                 data dir {}) is not supported yet",
+                cfg.data_dir.display()
+            );
+        }
         None => {
             let m = wal::Metadata {
                 member_id: me.1,
