@@ -633,7 +633,7 @@ const G_FILE: &str = "config-file only";
 
 const NE_TUNE: Option<&str> = Some("storage/raft tuning knob; rusd uses its own storage engine");
 const NE_CLUSTER: Option<&str> =
-    Some("not implemented yet: membership changes and --force-new-cluster (issue #11)");
+    Some("not implemented yet (issue #11): start-up stops with an error rather than run without it");
 const NE_PEER_TIMEOUT: Option<&str> = Some(
     "peer connections use the transport's own deadlines and heartbeat-driven liveness (docs/peer-protocol.md)",
 );
@@ -691,7 +691,7 @@ pub static FLAGS: &[FlagSpec] = &[
     f("discovery-proxy", Str, "", G_CLUSTER, "HTTP proxy for the discovery service.", NE_DISC),
     f("discovery-srv", Str, "", G_CLUSTER, "DNS SRV domain for bootstrapping.", NE_DISC),
     f("discovery-srv-name", Str, "", G_CLUSTER, "Suffix of the DNS SRV name.", NE_DISC),
-    f("strict-reconfig-check", Bool, "true", G_CLUSTER, "Refuse reconfigurations that would lose quorum.", NE_CLUSTER),
+    f("strict-reconfig-check", Bool, "true", G_CLUSTER, "Refuse reconfigurations that would lose quorum.", None),
     f("pre-vote", Bool, "true", G_CLUSTER, "Run raft's pre-vote phase.", Some("pre-vote is always on, etcd 3.5's default; turning it off is not supported")),
     f("auto-compaction-retention", Str, "0", G_CLUSTER, "Auto compaction retention (0 = off).", NE_LATER),
     f("auto-compaction-mode", Str, "periodic", G_CLUSTER, "periodic or revision.", NE_LATER),
@@ -772,7 +772,7 @@ pub static FLAGS: &[FlagSpec] = &[
     f("experimental-txn-mode-write-with-shared-buffer", Bool, "true", G_EXP, "Write txns share the read buffer.", NE_TUNE),
     f("experimental-stop-grpc-service-on-defrag", Bool, "false", G_EXP, "Stop serving during defragmentation.", None),
     f("experimental-bootstrap-defrag-threshold-megabytes", Uint, "0", G_EXP, "Defragment at boot when this much would be freed.", Some("nothing to defragment at boot: shard segments are rewritten after each compaction, so no freeable space accumulates; with a threshold set, start-up logs etcd's \"Skipping defragmentation\" line with the sizes")),
-    f("experimental-snapshot-catchup-entries", Uint, "5000", G_EXP, "Entries kept for slow followers after a snapshot.", NE_CLUSTER),
+    f("experimental-snapshot-catchup-entries", Uint, "5000", G_EXP, "Entries kept for slow followers after a snapshot.", Some("rusd keeps a fixed 5000 entries, etcd's default (RAFT_LOG_RETAINED_ENTRIES)")),
     // unsafe
     f("unsafe-no-fsync", Bool, "false", G_UNSAFE, "Do not fsync (data loss on crash).", NE_LATER),
     f("force-new-cluster", Bool, "false", G_UNSAFE, "Restart as a new one-member cluster.", NE_CLUSTER),

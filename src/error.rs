@@ -51,8 +51,18 @@ pub enum EtcdError {
     PeerUrlExists,
     #[error("can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
-    #[error("adding a voting member needs the peer transport")]
-    VoterAddUnsupported,
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
+    #[error("re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("unhealthy cluster")]
+    Unhealthy,
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("requested lease not found")]
     LeaseNotFound,
     #[error("lease already exists")]

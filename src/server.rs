@@ -30,6 +30,11 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
              bootstrap with --initial-cluster instead"
         );
     }
+    // Recovery that silently did not happen would leave the operator with a member that waits
+    // for a quorum that is gone.
+    if cfg.force_new_cluster {
+        anyhow::bail!("rusd does not implement --force-new-cluster yet");
+    }
     cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
     log_info!(
         "starting rusd",
@@ -86,6 +91,16 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         .clone();
     let metadata = match recovered.metadata {
         Some(m) => m,
+        // A new member of a running cluster must learn its ID and the cluster's from the
+        // peers before it has a WAL; that is not built, and bootstrapping a cluster of its own
+        // instead would be wrong. With a data dir the flag changes nothing (as in etcd).
+        None if cfg.initial_cluster_state == crate::config::ClusterState::Existing => {
+            anyhow::bail!(
+                "joining an existing cluster (--initial-cluster-state existing with an empty \
+                 data dir {}) is not supported yet",
+                cfg.data_dir.display()
+            );
+        }
         None => {
             let m = wal::Metadata {
                 member_id: me.1,
@@ -167,6 +182,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 .map(|u| u.raw.clone())
                 .collect(),
             election_timeout: Duration::from_millis(cfg.election_timeout_ms),
+            strict_reconfig_check: cfg.strict_reconfig_check,
         }),
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
@@ -240,6 +256,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             name: cfg.name.clone(),
             client_urls: ctx.member.client_urls.clone(),
         },
+        strict_reconfig_check: cfg.strict_reconfig_check,
     };
     let mut coordinator_parts = Some(CoordinatorParts {
         peer_options,
@@ -311,6 +328,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut next_report = Duration::from_secs(5);
     loop {
         if let Ok(msg) = fatal_rx.try_recv() {
+            exit_if_removed(&msg);
             anyhow::bail!("{msg}");
         }
         if ready.is_finished() {
@@ -335,6 +353,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let msg = fatal_rx
             .recv_timeout(Duration::from_secs(1))
             .unwrap_or_else(|_| "the coordinator stopped before serving".into());
+        exit_if_removed(&msg);
         anyhow::bail!("{msg}");
     }
     if cfg.experimental_initial_corrupt_check {
@@ -355,6 +374,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     });
     loop {
         if let Ok(msg) = fatal_rx.try_recv() {
+            exit_if_removed(&msg);
             anyhow::bail!("{msg}");
         }
         if let Ok(sig) = sig_rx.try_recv() {
@@ -364,6 +384,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A member removed from the cluster stops as etcd's does: the reason was logged where it was
+/// learned, and the process exits with status 0 (etcd's main returns normally once its server
+/// stopped).
+fn exit_if_removed(fatal: &str) {
+    if fatal.ends_with(coordinator::apply::REMOVED_FROM_CLUSTER) {
+        std::process::exit(0);
     }
 }
 

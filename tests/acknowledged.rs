@@ -459,9 +459,13 @@ async fn watch_sees(c: &mut Conns, key: &str, revision: i64, value: &str) {
     drop(tx);
 }
 
-/// Learners added, each followed on other connections by a list and an update of it.
+/// Learners added, each followed on other connections by a list and an update of it, then
+/// removed. The clients take turns: etcd allows one learner at a time, and raft drops a
+/// membership change proposed while another is in flight (its client times out, as etcd's).
 async fn member_scenario(client: usize, mut c: Conns) {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     for round in 0..ROUNDS / 2 {
+        let _turn = TURN.lock().await;
         let url = format!("http://127.0.0.{}:{}", 10 + client, 3000 + round);
         let added = c
             .cluster()
@@ -521,6 +525,21 @@ async fn member_scenario(client: usize, mut c: Conns) {
                 .as_ref()
                 .is_err_and(|s| s.message() != "etcdserver: member not found"),
             "promote of learner {id:x} just added: {promote:?}"
+        );
+        c.cluster()
+            .member_remove(pb::MemberRemoveRequest { id })
+            .await
+            .unwrap_or_else(|e| panic!("member remove of {id:x} just added: {e:?}"));
+        let members = c
+            .cluster()
+            .member_list(pb::MemberListRequest { linearizable: true })
+            .await
+            .unwrap_or_else(|e| panic!("member list: {e:?}"))
+            .into_inner()
+            .members;
+        assert!(
+            members.iter().all(|m| m.id != id),
+            "learner {id:x} still listed after its removal"
         );
     }
 }

@@ -37,6 +37,8 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// How long a client waits for an answer before recording the operation as failed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEYS: [&str; 5] = ["a", "b", "c", "d", "e"];
+/// The learner the nemesis adds and removes; no member runs with this ID.
+const PHANTOM_ID: u64 = 0xfeed;
 
 struct Cluster {
     exec: Exec,
@@ -231,7 +233,31 @@ async fn nemesis(exec: Exec, cluster: Rc<RefCell<Cluster>>, until: Duration) {
         let mut c = cluster.borrow_mut();
         let n = c.members.len();
         let i = exec.rng(|r| r.gen_range(0..n));
-        match exec.rng(|r| r.gen_range(0..6)) {
+        match exec.rng(|r| r.gen_range(0..7)) {
+            6 => {
+                // A membership change through a random member: a learner that never runs is
+                // added, promoted (refused: it never catches up) or removed. Each is a raft
+                // conf change applied under the same crashes, partitions and snapshots as
+                // the writes; the members must end with the same member list.
+                let req = match exec.rng(|r| r.gen_range(0..3)) {
+                    0 => WriteRequest::MemberAdd(rusd::coordinator::codec::MemberAddRequest {
+                        id: PHANTOM_ID,
+                        peer_urls: vec!["sim://phantom/peer".into()],
+                        is_learner: true,
+                    }),
+                    1 => WriteRequest::MemberPromote { id: PHANTOM_ID },
+                    _ => WriteRequest::MemberRemove { id: PHANTOM_ID },
+                };
+                if let Some(h) = c.members[i].handles.clone() {
+                    c.say(format!(
+                        "membership change {req:?} via {}",
+                        c.members[i].name
+                    ));
+                    exec.spawn(None, async move {
+                        let _ = propose(&h, req).await;
+                    });
+                }
+            }
             0 => {
                 if c.members[i].is_up() {
                     c.say(format!("crash {}", c.members[i].name));
@@ -432,6 +458,42 @@ fn run_seed(seed: u64, verbose: bool) -> Result<String, String> {
     let model = Model::new(&canonical)?;
     let records = records.borrow();
     check_history(&model, &records)?;
+
+    // The member lists: equal everywhere (the phantom learner in all or in none).
+    let lists = Rc::new(RefCell::new(Vec::new()));
+    for m in &c.members {
+        let h = m.handles.clone().expect("all up");
+        let out = lists.clone();
+        let name = m.name.clone();
+        exec.spawn(None, async move {
+            let (reply, rx) = oneshot::channel();
+            let msg = rusd::coordinator::CoordMsg::MemberList { reply };
+            let list = match h.queries_tx.send_async(msg).await {
+                Ok(()) => rx.await.ok(),
+                Err(_) => None,
+            };
+            let ids: Option<Vec<(u64, bool)>> =
+                list.map(|l| l.iter().map(|m| (m.id, m.is_learner)).collect());
+            out.borrow_mut().push((name, ids));
+        });
+    }
+    if !exec.run_until(exec.now() + Duration::from_secs(5), || {
+        lists.borrow().len() == member_count
+    }) {
+        return Err("MemberList did not answer".into());
+    }
+    {
+        let lists = lists.borrow();
+        let first = &lists[0].1;
+        for (name, list) in lists.iter() {
+            if list.is_none() || list != first {
+                return Err(format!(
+                    "member lists differ: {name} {list:?} vs {} {first:?}",
+                    lists[0].0
+                ));
+            }
+        }
+    }
 
     // HashKV at the last revision: equal everywhere.
     let last = model.last_revision();

@@ -1,5 +1,5 @@
-//! The Maintenance and Cluster services: what `etcdctl endpoint status`, `endpoint hash` and
-//! `member list` need from a single member.
+//! The Maintenance and Cluster services: status, hashes, alarms, defragment, MoveLeader, and
+//! the membership calls (member add/remove/promote/update/list), which become raft entries.
 
 use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
@@ -227,9 +227,29 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader"))
+        let target = request.into_inner().target_id;
+        let me = self.ctx.member.member_id;
+        if self.ctx.published.leader() != me {
+            return Err(status(EtcdError::NotLeader));
+        }
+        let members = self
+            .ctx
+            .coordinator
+            .ask(|reply| CoordMsg::MemberList { reply })
+            .await
+            .map_err(status)?;
+        if !members.iter().any(|m| m.id == target && !m.is_learner) {
+            return Err(status(EtcdError::BadLeaderTransferee));
+        }
+        self.ctx
+            .coordinator
+            .move_leader(target)
+            .await
+            .map_err(status)?;
+        // etcd answers MoveLeader with an empty response, no header.
+        Ok(Response::new(pb::MoveLeaderResponse::default()))
     }
 
     async fn downgrade(
@@ -285,7 +305,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let r = request.into_inner();
         check_peer_urls(&r.peer_ur_ls)?;
         if !r.is_learner {
-            return Err(status(EtcdError::VoterAddUnsupported));
+            self.check_started(Change::AddVoter).await?;
         }
         // etcd's ID for an added member: its peer URLs, no cluster token, and the time.
         let now = std::time::SystemTime::now()
@@ -323,7 +343,18 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         self.ctx.require_admin(&request)?;
-        Err(unimplemented("MemberRemove"))
+        let id = request.into_inner().id;
+        self.check_started(Change::Remove(id)).await?;
+        let out = self
+            .ctx
+            .coordinator
+            .propose(WriteRequest::MemberRemove { id })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.ctx.header(out.revision)),
+            members: members_out(&out),
+        }))
     }
 
     async fn member_update(
@@ -374,20 +405,71 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         self.ctx.require_admin(&request)?;
         let id = request.into_inner().id;
+        self.check_started(Change::Promote).await?;
+        // Only the leader can tell whether the learner is in sync: elsewhere the raft node
+        // answers "not leader" (etcd's follower forwards the request to the leader instead).
+        let out = self
+            .ctx
+            .coordinator
+            .propose(WriteRequest::MemberPromote { id })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.ctx.header(out.revision)),
+            members: members_out(&out),
+        }))
+    }
+}
+
+/// A membership change, for etcd's started-members check.
+enum Change {
+    AddVoter,
+    Remove(u64),
+    Promote,
+}
+
+impl ClusterService {
+    /// --strict-reconfig-check's count of started members (those that published their name):
+    /// a change is refused when the voters after it would have fewer started members than a
+    /// quorum (etcd's IsReadyToAddVotingMember, IsReadyToRemoveVotingMember and
+    /// IsReadyToPromoteMember). The check of which members answered lately is the leader's
+    /// (`coordinator::raft`).
+    async fn check_started(&self, change: Change) -> Result<(), Status> {
+        if !self.ctx.member.strict_reconfig_check {
+            return Ok(());
+        }
         let members = self
             .ctx
             .coordinator
             .ask(|reply| CoordMsg::MemberList { reply })
             .await
             .map_err(status)?;
-        match members.iter().find(|m| m.id == id) {
-            None => Err(status(EtcdError::MemberNotFound)),
-            // Without a peer transport no learner ever catches up, which is etcd's own
-            // reason to refuse a promotion.
-            Some(m) if m.is_learner => Err(status(EtcdError::LearnerNotReady)),
-            Some(_) => Err(Status::failed_precondition(
-                "etcdserver: can only promote a learner member",
-            )),
+        let voters = members.iter().filter(|m| !m.is_learner);
+        let started = |m: &&crate::coordinator::members::Member| !m.name.is_empty();
+        let (members_after, started_after) = match change {
+            Change::AddVoter => {
+                let (n, s) = (voters.clone().count(), voters.filter(started).count());
+                // Adding a second member to a one-member cluster (etcd's restore recipe).
+                if s == 1 && n == 1 {
+                    return Ok(());
+                }
+                (n + 1, s)
+            }
+            Change::Promote => (
+                voters.clone().count() + 1,
+                voters.filter(started).count() + 1,
+            ),
+            Change::Remove(id) => {
+                if members.iter().any(|m| m.id == id && m.is_learner) {
+                    return Ok(());
+                }
+                let others = voters.filter(|m| m.id != id);
+                (others.clone().count(), others.filter(started).count())
+            }
+        };
+        if started_after < members_after / 2 + 1 {
+            return Err(status(EtcdError::NotEnoughStartedMembers));
         }
+        Ok(())
     }
 }

@@ -31,6 +31,9 @@ pub struct MemberInfo {
     pub client_urls: Vec<String>,
     /// `--election-timeout`: how often streams that require a leader check for one.
     pub election_timeout: std::time::Duration,
+    /// --strict-reconfig-check: refuse membership changes the started members could not
+    /// survive.
+    pub strict_reconfig_check: bool,
 }
 
 /// Everything a handler needs; `Send + Sync`, cloned into every service on every core.

@@ -41,17 +41,40 @@ pub fn code_and_message(e: &EtcdError) -> (Code, &'static str) {
         Timeout => (Code::Unavailable, "etcdserver: request timed out"),
         Stopped => (Code::Unavailable, "etcdserver: server stopped"),
         MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
-        MemberExists => (Code::FailedPrecondition, "etcdserver: member ID already exist"),
-        PeerUrlExists => (Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
+        MemberExists => (
+            Code::FailedPrecondition,
+            "etcdserver: member ID already exist",
+        ),
+        PeerUrlExists => (
+            Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists",
+        ),
         LearnerNotReady => (
             Code::FailedPrecondition,
             "etcdserver: can only promote a learner member which is in sync with leader",
         ),
-        // Not an etcd error: rusd cannot yet run a second voter, and saying so beats
-        // accepting a member that could never join and would cost the cluster its quorum.
-        VoterAddUnsupported => (
+        MemberNotLearner => (
             Code::FailedPrecondition,
-            "rusd: adding a voting member needs the peer transport, which is not built yet; add it as a learner",
+            "etcdserver: can only promote a learner member",
+        ),
+        TooManyLearners => (
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster",
+        ),
+        NotEnoughStartedMembers => (
+            Code::FailedPrecondition,
+            "etcdserver: re-configuration failed due to not enough started members",
+        ),
+        Unhealthy => (Code::Unavailable, "etcdserver: unhealthy cluster"),
+        BadLeaderTransferee => (
+            Code::FailedPrecondition,
+            "etcdserver: bad leader transferee",
+        ),
+        // etcd has no gRPC error for this one: its handler sends the plain error, which gRPC
+        // turns into code Unknown.
+        LeaderTransferTimeout => (
+            Code::Unknown,
+            "etcdserver: request timed out, leader transfer took too long",
         ),
         LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
         LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
@@ -210,11 +233,35 @@ mod tests {
                 Code::FailedPrecondition,
                 "etcdserver: can only promote a learner member which is in sync with leader",
             ),
-            // rusd's own row (etcd has no such refusal).
             (
-                VoterAddUnsupported,
+                MemberNotLearner,
                 Code::FailedPrecondition,
-                "rusd: adding a voting member needs the peer transport, which is not built yet; add it as a learner",
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                TooManyLearners,
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
+            ),
+            (
+                NotEnoughStartedMembers,
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            (
+                Unhealthy,
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
+            ),
+            (
+                BadLeaderTransferee,
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            (
+                LeaderTransferTimeout,
+                Code::Unknown,
+                "etcdserver: request timed out, leader transfer took too long",
             ),
             (
                 LeaseNotFound,

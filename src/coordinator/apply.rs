@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use raft::eraftpb::{ConfChangeType, ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message};
 use shards::{
     combine_compare, Compare, DeleteRangeRequest, DeleteRangeResponse, Event, PutResponse,
     RangeRequest, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 
-use super::raft::{ApplyBatch, ApplyMsg, RaftMsg, ReadBatch, RoleChange, SharedSnapshotSlot};
+use super::raft::{
+    ApplyBatch, ApplyMsg, ConfMsg, RaftMsg, ReadBatch, RoleChange, SharedSnapshotSlot,
+};
 use super::seams::{CheckpointStore, Clock, LocalFuture};
 use super::transfer::{Chunk, ImageDecoder, SnapshotImage};
 use super::watch::WatchInput;
@@ -44,6 +46,8 @@ const DB_SIZE_REFRESH_INTERVAL: Duration = Duration::from_millis(20);
 /// the unsynced part of the shards' segments and the WAL replay at start-up stay small on a
 /// member that writes too slowly to reach --snapshot-count.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a member that applied its own removal goes on before it stops (etcd: 1 s).
+const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
 /// The applier's own clock: lease expiry checks, the db size refresh, forgotten waiters.
 const TIMER_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -52,8 +56,13 @@ fn member_error(e: members::MemberError) -> EtcdError {
         members::MemberError::IdExists => EtcdError::MemberExists,
         members::MemberError::PeerUrlExists => EtcdError::PeerUrlExists,
         members::MemberError::NotFound => EtcdError::MemberNotFound,
+        members::MemberError::NotLearner => EtcdError::MemberNotLearner,
+        members::MemberError::TooManyLearners => EtcdError::TooManyLearners,
     }
 }
+
+/// What a member logs (as etcd does) when it learns it was removed; it then stops.
+pub const REMOVED_FROM_CLUSTER: &str = "the member has been permanently removed from the cluster";
 
 /// A committed entry applied without waiting for the one before (see `pipeline_run`).
 enum Pipelined {
@@ -146,6 +155,8 @@ pub struct Applier<K: CheckpointStore, C: Clock> {
     staging_attempts: u64,
     /// The membership changed while the raft node could not be told (it waited for us).
     peers_changed: bool,
+    /// This member applied its own removal: it stops once the proposer is answered.
+    removed_self: bool,
 }
 
 impl<K: CheckpointStore, C: Clock> Applier<K, C> {
@@ -199,6 +210,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             staged: None,
             staging_attempts: 0,
             peers_changed: false,
+            removed_self: false,
             next_timer: now + TIMER_INTERVAL,
         };
         match restored.checkpoint {
@@ -334,7 +346,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             }
             if self.peers_changed {
                 self.peers_changed = false;
-                self.announce_peers().await?;
+                self.announce_peers(Vec::new())?;
             }
             self.refresh_db_size().await?;
             self.checkpoint_step().await?;
@@ -773,42 +785,63 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             .map_err(|_| anyhow::anyhow!("the raft node stopped"))
     }
 
-    /// Adds a member (a learner: voters need the conf-change path): raft replicates to a
-    /// learner without counting it in the quorum.
-    async fn add_member(
+    /// Applies a committed membership change with etcd's checks against the members as of
+    /// its turn in the log (every member decides the same); one that passes changes the
+    /// members and, through the raft node, raft's configuration and the transport's peers.
+    /// One that fails changes nothing: raft-rs needs no word of it (its pending conf change
+    /// ends with the entry's apply).
+    async fn change_membership(
         &mut self,
-        m: codec::MemberAddRequest,
-    ) -> anyhow::Result<Result<WriteResponse, EtcdError>> {
-        let added = self.members.add(members::Member {
-            id: m.id,
-            name: String::new(),
-            peer_urls: m.peer_urls,
-            client_urls: Vec::new(),
-            is_learner: m.is_learner,
-        });
-        if let Err(e) = added {
+        index: u64,
+        req: WriteRequest,
+    ) -> anyhow::Result<Result<WriteOutcome, EtcdError>> {
+        let Some(change) = super::raft::conf_change_of(&req) else {
+            anyhow::bail!("raft entry {index}: a conf change without a membership request");
+        };
+        let mut removed = Vec::new();
+        let checked = match req {
+            WriteRequest::MemberAdd(m) => self.members.add(members::Member {
+                id: m.id,
+                name: String::new(),
+                peer_urls: m.peer_urls,
+                client_urls: Vec::new(),
+                is_learner: m.is_learner,
+            }),
+            WriteRequest::MemberRemove { id } => self.members.remove(id).map(|_| {
+                removed.push(id);
+            }),
+            WriteRequest::MemberPromote { id } => self.members.promote(id),
+            _ => unreachable!("conf_change_of knows only these"),
+        };
+        if let Err(e) = checked {
             return Ok(Err(member_error(e)));
         }
-        let mut cc = raft::eraftpb::ConfChangeSingle::default();
-        cc.set_change_type(if m.is_learner {
-            ConfChangeType::AddLearnerNode
-        } else {
-            ConfChangeType::AddNode
-        });
-        cc.node_id = m.id;
-        let mut v2 = raft::eraftpb::ConfChangeV2::default();
-        v2.mut_changes().push(cc);
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(change.clone());
         let (reply, rx) = oneshot::channel();
-        self.links
-            .raft_tx
-            .send_async(RaftMsg::ApplyConfChange { cc: v2, reply })
-            .await
+        let conf_tx = self.links.snapshot_slot.borrow().conf_tx.clone();
+        conf_tx
+            .send(ConfMsg::Apply { index, cc, reply })
             .map_err(|_| anyhow::anyhow!("the raft node stopped"))?;
         self.conf_state = rx
             .await
             .map_err(|_| anyhow::anyhow!("the raft node stopped"))?;
-        self.announce_peers().await?;
-        Ok(Ok(WriteResponse::Members(self.members.list())))
+        crate::log_info!(
+            "applied a configuration change",
+            "local-member-id" => crate::ids::format_id(self.member_id),
+            "raft-conf-change" => format!("{:?}", change.get_change_type()),
+            "raft-conf-change-node-id" => crate::ids::format_id(change.node_id),
+            "voters" => format!("{:?}", self.conf_state.voters),
+            "learners" => format!("{:?}", self.conf_state.learners)
+        );
+        if removed.contains(&self.member_id) {
+            self.removed_self = true;
+        }
+        self.announce_peers(removed)?;
+        Ok(Ok(WriteOutcome {
+            revision: self.revision,
+            response: WriteResponse::Members(self.members.list()),
+        }))
     }
 
     /// Publishes what other cores read about the membership.
@@ -821,8 +854,8 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         self.published.is_learner.store(learner, Ordering::Release);
     }
 
-    /// Tells the raft node's transport who the other members are now.
-    async fn announce_peers(&mut self) -> anyhow::Result<()> {
+    /// Tells the raft node's transport who the other members are now, and who was removed.
+    fn announce_peers(&mut self, removed: Vec<u64>) -> anyhow::Result<()> {
         self.publish_membership();
         let peers = self
             .members
@@ -831,13 +864,9 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             .filter(|m| m.id != self.member_id)
             .map(|m| (m.id, m.peer_urls))
             .collect();
-        self.links
-            .raft_tx
-            .send_async(RaftMsg::SetPeers {
-                peers,
-                removed: Vec::new(),
-            })
-            .await
+        let conf_tx = self.links.snapshot_slot.borrow().conf_tx.clone();
+        conf_tx
+            .send(ConfMsg::SetPeers { peers, removed })
             .map_err(|_| anyhow::anyhow!("the raft node stopped"))
     }
 
@@ -958,6 +987,17 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 if let Some(tx) = self.waiters.remove(&id) {
                     let _ = tx.send(result);
                 }
+            }
+            if self.removed_self {
+                crate::log_warn!(
+                    REMOVED_FROM_CLUSTER,
+                    "local-member-id" => crate::ids::format_id(self.member_id),
+                    "applied-index" => e.index
+                );
+                // As etcd, stop a moment later, so the answer to whoever removed us (maybe
+                // through this member) gets out first.
+                self.clock.sleep(REMOVED_STOP_DELAY).await;
+                anyhow::bail!(REMOVED_FROM_CLUSTER);
             }
             i += 1;
         }
@@ -1103,9 +1143,17 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 let result = self.execute(req).await?;
                 Ok(Some((id, result)))
             }
-            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+            EntryType::EntryConfChangeV2 => {
+                let cc = <ConfChangeV2 as protobuf::Message>::parse_from_bytes(&e.data)
+                    .map_err(|err| anyhow::anyhow!("raft entry {}: {err}", e.index))?;
+                let (id, req) = codec::decode(&cc.context)
+                    .map_err(|err| anyhow::anyhow!("raft entry {}: {err}", e.index))?;
+                let result = self.change_membership(e.index, req).await?;
+                Ok(Some((id, result)))
+            }
+            EntryType::EntryConfChange => {
                 anyhow::bail!(
-                    "raft entry {}: membership changes are not supported yet",
+                    "raft entry {}: rusd proposes only version 2 conf changes",
                     e.index
                 )
             }
@@ -1209,7 +1257,12 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                     Err(lease::GrantError::NoId) => Err(EtcdError::LeaseNotFound),
                 }
             }
-            WriteRequest::MemberAdd(m) => self.add_member(m).await?,
+            // Entries of versions before conf-change entries: a learner add as a normal entry.
+            req @ (WriteRequest::MemberAdd(_)
+            | WriteRequest::MemberRemove { .. }
+            | WriteRequest::MemberPromote { .. }) => {
+                return self.change_membership(self.applying_index, req).await
+            }
             WriteRequest::MemberAttrs {
                 id,
                 name,
@@ -1219,11 +1272,14 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 .set_attributes(id, name, client_urls)
                 .map(|()| WriteResponse::Members(self.members.list()))
                 .map_err(member_error),
-            WriteRequest::MemberUpdate { id, peer_urls } => self
-                .members
-                .update_peer_urls(id, peer_urls)
-                .map(|()| WriteResponse::Members(self.members.list()))
-                .map_err(member_error),
+            WriteRequest::MemberUpdate { id, peer_urls } => {
+                let updated = self.members.update_peer_urls(id, peer_urls);
+                // The transport dials the new URLs.
+                self.peers_changed |= updated.is_ok();
+                updated
+                    .map(|()| WriteResponse::Members(self.members.list()))
+                    .map_err(member_error)
+            }
             WriteRequest::Alarm {
                 activate,
                 member_id,

@@ -34,7 +34,16 @@ pub enum WriteRequest {
         member_id: u64,
         alarm: AlarmKind,
     },
+    /// The membership changes raft itself must know of travel as the context of a raft
+    /// conf-change entry (see `coordinator::raft`), never as a normal entry: add, remove,
+    /// promote.
     MemberAdd(MemberAddRequest),
+    MemberRemove {
+        id: u64,
+    },
+    MemberPromote {
+        id: u64,
+    },
     MemberUpdate {
         id: u64,
         peer_urls: Vec<String>,
@@ -107,6 +116,8 @@ const TAG_ALARM: u8 = 8;
 const TAG_MEMBER_ADD: u8 = 30;
 const TAG_MEMBER_UPDATE: u8 = 31;
 const TAG_MEMBER_ATTRS: u8 = 32;
+const TAG_MEMBER_REMOVE: u8 = 33;
+const TAG_MEMBER_PROMOTE: u8 = 34;
 const TAG_AUTH: u8 = 20;
 const TAG_AUTHED: u8 = 21;
 
@@ -154,6 +165,14 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
             out.put_u64_le(m.id);
             out.put_u8(u8::from(m.is_learner));
             put_strings(&mut out, &m.peer_urls);
+        }
+        WriteRequest::MemberRemove { id } => {
+            out.put_u8(TAG_MEMBER_REMOVE);
+            out.put_u64_le(*id);
+        }
+        WriteRequest::MemberPromote { id } => {
+            out.put_u8(TAG_MEMBER_PROMOTE);
+            out.put_u64_le(*id);
         }
         WriteRequest::MemberUpdate { id, peer_urls } => {
             out.put_u8(TAG_MEMBER_UPDATE);
@@ -229,6 +248,17 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
                 peer_urls: get_strings(&mut buf)?,
                 is_learner,
             })
+        }
+        tag @ (TAG_MEMBER_REMOVE | TAG_MEMBER_PROMOTE) => {
+            if buf.remaining() < 8 {
+                return Err(DecodeError("truncated member change"));
+            }
+            let id = buf.get_u64_le();
+            if tag == TAG_MEMBER_REMOVE {
+                WriteRequest::MemberRemove { id }
+            } else {
+                WriteRequest::MemberPromote { id }
+            }
         }
         TAG_MEMBER_UPDATE => {
             if buf.remaining() < 8 {
@@ -859,6 +889,8 @@ mod tests {
                 id: 9,
                 peer_urls: vec![],
             },
+            WriteRequest::MemberRemove { id: 0xabc },
+            WriteRequest::MemberPromote { id: u64::MAX },
         ] {
             let bytes = encode(99, &req);
             let (id, back) = decode(&bytes).unwrap();

@@ -1,5 +1,6 @@
 //! Cluster membership as the coordinator knows it: every member's name, URLs and learner flag,
-//! seeded from --initial-cluster and changed only by applied raft entries.
+//! seeded from --initial-cluster and changed only by applied raft entries (add, remove and
+//! promote by conf-change entries, peer URLs and attributes by normal ones).
 
 use std::collections::BTreeMap;
 
@@ -22,7 +23,12 @@ pub enum MemberError {
     IdExists,
     PeerUrlExists,
     NotFound,
+    NotLearner,
+    TooManyLearners,
 }
+
+/// etcd allows one learner at a time (membership's maxLearners).
+pub const LEARNERS_MAX: usize = 1;
 
 impl Members {
     pub fn new(initial: Vec<Member>) -> Self {
@@ -42,6 +48,11 @@ impl Members {
             .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
     }
 
+    pub fn get(&self, id: u64) -> Option<&Member> {
+        self.by_id.get(&id)
+    }
+
+    /// Adds a member, with etcd's checks in etcd's order (ValidateConfigurationChange).
     pub fn add(&mut self, m: Member) -> Result<(), MemberError> {
         if self.by_id.contains_key(&m.id) {
             return Err(MemberError::IdExists);
@@ -49,7 +60,24 @@ impl Members {
         if self.url_taken(&m.peer_urls, None) {
             return Err(MemberError::PeerUrlExists);
         }
+        if m.is_learner && self.by_id.values().filter(|m| m.is_learner).count() >= LEARNERS_MAX {
+            return Err(MemberError::TooManyLearners);
+        }
         self.by_id.insert(m.id, m);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, id: u64) -> Result<Member, MemberError> {
+        self.by_id.remove(&id).ok_or(MemberError::NotFound)
+    }
+
+    /// Makes a learner a voting member.
+    pub fn promote(&mut self, id: u64) -> Result<(), MemberError> {
+        let m = self.by_id.get_mut(&id).ok_or(MemberError::NotFound)?;
+        if !m.is_learner {
+            return Err(MemberError::NotLearner);
+        }
+        m.is_learner = false;
         Ok(())
     }
 
@@ -115,5 +143,26 @@ mod tests {
             .unwrap();
         assert_eq!(ms.update_peer_urls(9, vec![]), Err(MemberError::NotFound));
         assert_eq!(ms.list().len(), 2);
+    }
+
+    #[test]
+    fn one_learner_at_a_time_and_only_learners_are_promoted() {
+        let mut ms = Members::new(vec![m(1, "http://a:1")]);
+        let learner = |id, url: &str| Member {
+            is_learner: true,
+            ..m(id, url)
+        };
+        ms.add(learner(2, "http://b:1")).unwrap();
+        assert_eq!(
+            ms.add(learner(3, "http://c:1")),
+            Err(MemberError::TooManyLearners)
+        );
+        assert_eq!(ms.promote(1), Err(MemberError::NotLearner));
+        assert_eq!(ms.promote(9), Err(MemberError::NotFound));
+        ms.promote(2).unwrap();
+        assert!(!ms.get(2).unwrap().is_learner);
+        ms.add(learner(3, "http://c:1")).unwrap();
+        assert_eq!(ms.remove(3).map(|m| m.id), Ok(3));
+        assert_eq!(ms.remove(3), Err(MemberError::NotFound));
     }
 }

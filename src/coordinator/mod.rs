@@ -190,6 +190,22 @@ impl CoordinatorHandle {
             .await?
     }
 
+    /// MoveLeader: answered once `target` leads, or with etcd's error (this member does not
+    /// lead, the target is no voter, or the request timeout passed first).
+    pub async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {
+        let timeout = self.request_timeout;
+        let (reply, rx) = oneshot::channel();
+        self.raft_tx
+            .send_async(raft::RaftMsg::TransferLeader {
+                target,
+                timeout,
+                reply,
+            })
+            .await
+            .map_err(|_| EtcdError::Stopped)?;
+        rx.await.map_err(|_| EtcdError::Stopped)?
+    }
+
     pub async fn read_index(&self) -> Result<(), EtcdError> {
         self.ask_within(|reply| CoordMsg::ReadIndex { reply })
             .await?

@@ -19,7 +19,10 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{select, Either};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, MessageType, Snapshot};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message,
+    MessageType, Snapshot,
+};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 use rand::{Rng, SeedableRng};
@@ -46,9 +49,15 @@ const RAFT_LOG_RETAINED_ENTRIES: u64 = 5000;
 /// A read index not confirmed by then is asked again (raft may have dropped the request with a
 /// message to a leader that changed); etcd retries after the same time.
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+/// A peer heard from within this long counts as connected for --strict-reconfig-check
+/// (etcd's HealthInterval).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long this member's publication of its name and client URLs may take before it is
 /// proposed again (a proposal can be lost with a leader change).
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// The answer to a MoveLeader request.
+pub type TransferReply = oneshot::Sender<Result<(), EtcdError>>;
 
 /// Linearizable reads waiting together for one read index.
 pub type ReadBatch = Vec<ReadReply>;
@@ -70,9 +79,25 @@ pub enum RaftMsg {
     Applied,
     /// The applier's checkpoint at `index` is durable.
     CheckpointSaved { index: u64 },
-    /// A membership change reached the applier, in log order: apply it to raft's configuration
-    /// and answer the new one.
-    ApplyConfChange {
+    /// MoveLeader: hand leadership to `target` (a voter), answered once it leads, or with
+    /// etcd's error when this member does not lead or `timeout` passes first.
+    TransferLeader {
+        target: u64,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
+}
+
+/// What the applier tells the raft node about membership, on a channel of its own (in the
+/// `SnapshotSlot`) that the raft node reads even while it waits for a snapshot install: the
+/// applier may be applying a conf change queued before that snapshot and waits for the answer.
+/// Unbounded in type only: the applier waits for each conf change's answer before the next,
+/// and sends one `SetPeers` after each, so at most two messages are ever queued.
+pub enum ConfMsg {
+    /// A committed conf-change entry at `index` passed the applier's checks: apply it to
+    /// raft's configuration and answer the new one.
+    Apply {
+        index: u64,
         cc: ConfChangeV2,
         reply: oneshot::Sender<ConfState>,
     },
@@ -138,15 +163,30 @@ pub enum ApplyMsg {
     },
 }
 
-/// The snapshot the leader offers followers, shared by the raft node (which hands raft its
-/// metadata and streams its body) and the applier (which builds it). Both live on core 0.
-#[derive(Default)]
+/// What the raft node and the applier share on core 0: the snapshot the leader offers
+/// followers (the raft node hands raft its metadata and streams its body, the applier builds
+/// it) and the channel of membership changes (`ConfMsg`).
 pub struct SnapshotSlot {
     pub image: Option<Rc<SnapshotImage>>,
     /// Raft asked for a snapshot newer than the one here.
     pub wanted: bool,
     /// The applier is building one.
     pub generating: bool,
+    pub conf_tx: flume::Sender<ConfMsg>,
+    pub conf_rx: flume::Receiver<ConfMsg>,
+}
+
+impl Default for SnapshotSlot {
+    fn default() -> Self {
+        let (conf_tx, conf_rx) = flume::unbounded();
+        SnapshotSlot {
+            image: None,
+            wanted: false,
+            generating: false,
+            conf_tx,
+            conf_rx,
+        }
+    }
 }
 
 pub type SharedSnapshotSlot = Rc<RefCell<SnapshotSlot>>;
@@ -195,6 +235,22 @@ impl raft::Storage for RaftStore {
     }
 }
 
+/// The raft configuration change a membership request makes, if it makes one.
+pub fn conf_change_of(req: &WriteRequest) -> Option<ConfChangeSingle> {
+    let (kind, node_id) = match req {
+        WriteRequest::MemberAdd(m) if m.is_learner => (ConfChangeType::AddLearnerNode, m.id),
+        WriteRequest::MemberAdd(m) => (ConfChangeType::AddNode, m.id),
+        // raft promotes a learner by adding it as a voter.
+        WriteRequest::MemberPromote { id } => (ConfChangeType::AddNode, *id),
+        WriteRequest::MemberRemove { id } => (ConfChangeType::RemoveNode, *id),
+        _ => return None,
+    };
+    let mut cc = ConfChangeSingle::default();
+    cc.set_change_type(kind);
+    cc.node_id = node_id;
+    Some(cc)
+}
+
 /// Raft's view of an image: its index, term and configuration. The body travels apart.
 fn snapshot_of(image: &SnapshotImage) -> Snapshot {
     let mut snapshot = Snapshot::default();
@@ -225,6 +281,9 @@ pub struct RaftBoot {
     /// This member's name and client URLs, published through raft once a leader exists (as
     /// etcd's publish): the member serves once that entry is applied.
     pub publish: WriteRequest,
+    /// --strict-reconfig-check: the leader refuses a voter add or remove that the members it
+    /// has heard from lately could not survive.
+    pub strict_reconfig_check: bool,
 }
 
 pub struct RaftNode<T: Transport, L: RaftLog, C: Clock> {
@@ -265,6 +324,13 @@ pub struct RaftNode<T: Transport, L: RaftLog, C: Clock> {
     published_self: bool,
     on_serving: Option<oneshot::Sender<()>>,
     slot: SharedSnapshotSlot,
+    conf_rx: flume::Receiver<ConfMsg>,
+    strict_reconfig_check: bool,
+    /// When each peer last sent this member a raft message: etcd's "active since" of the peer
+    /// link, for --strict-reconfig-check.
+    heard_from: std::collections::HashMap<u64, Instant>,
+    /// MoveLeader requests waiting for their transferee to lead: target, deadline, answer.
+    transfers: Vec<(u64, Instant, TransferReply)>,
 }
 
 impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
@@ -361,6 +427,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             .store(log.size_bytes(), Ordering::Release);
         let seen_term = node.raft.term;
         let seen_role = node.raft.state;
+        let conf_rx = slot.borrow().conf_rx.clone();
         Ok(RaftNode {
             node,
             log,
@@ -387,7 +454,11 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             publishing: None,
             published_self: false,
             on_serving: Some(on_serving),
+            conf_rx,
             slot,
+            strict_reconfig_check: boot.strict_reconfig_check,
+            transfers: Vec::new(),
+            heard_from: std::collections::HashMap::new(),
         })
     }
 
@@ -404,6 +475,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             } else if !self.ready_due() {
                 let inbox = self.inbox.clone();
                 let peer_inbox = self.peer_inbox.clone();
+                let conf_rx = self.conf_rx.clone();
                 let recv = inbox.recv_async();
                 // A transport that stopped delivering (none in a one-member test) is never
                 // ready again rather than ready with an error at every turn.
@@ -413,15 +485,30 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
                         Err(_) => futures::future::pending().await,
                     }
                 };
+                // The slot holds a sender, so this channel never closes while we run.
+                let conf = async {
+                    match conf_rx.recv_async().await {
+                        Ok(msg) => msg,
+                        Err(_) => futures::future::pending().await,
+                    }
+                };
                 let sleep = self.clock.sleep(next_tick - now);
-                futures::pin_mut!(recv, from_peer);
-                match select(select(from_peer, recv), sleep).await {
-                    Either::Left((Either::Left((incoming, _)), _)) => self.on_peer(incoming)?,
+                futures::pin_mut!(recv, from_peer, conf);
+                match select(select(select(from_peer, conf), recv), sleep).await {
+                    Either::Left((Either::Left((Either::Left((incoming, _)), _)), _)) => {
+                        self.on_peer(incoming)?
+                    }
+                    Either::Left((Either::Left((Either::Right((msg, _)), _)), _)) => {
+                        self.on_conf(msg)?
+                    }
                     Either::Left((Either::Right((Ok(msg), _)), _)) => self.handle(msg)?,
                     // Every handle dropped: the member is shutting down.
                     Either::Left((Either::Right((Err(_), _)), _)) => return Ok(()),
                     Either::Right(_) => {}
                 }
+            }
+            while let Ok(msg) = self.conf_rx.try_recv() {
+                self.on_conf(msg)?;
             }
             for _ in 0..INBOX_BATCH_MAX {
                 match self.peer_inbox.try_recv() {
@@ -445,6 +532,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             self.on_ready().await?;
             self.flush_batch()?;
             self.request_snapshot()?;
+            self.check_transfers();
         }
     }
 
@@ -500,15 +588,49 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             RaftMsg::Peer(incoming) => self.on_peer(incoming)?,
             RaftMsg::Applied => {}
             RaftMsg::CheckpointSaved { index } => self.on_checkpoint_saved(index)?,
-            RaftMsg::ApplyConfChange { cc, reply } => {
-                let cs = self
-                    .node
-                    .apply_conf_change(&cc)
-                    .map_err(|e| anyhow::anyhow!("applying a configuration change: {e}"))?;
-                self.node.mut_store().mem.wl().set_conf_state(cs.clone());
+            RaftMsg::TransferLeader {
+                target,
+                timeout,
+                reply,
+            } => self.transfer_leader(target, timeout, reply),
+        }
+        Ok(())
+    }
+
+    fn on_conf(&mut self, msg: ConfMsg) -> anyhow::Result<()> {
+        match msg {
+            ConfMsg::Apply { index, cc, reply } => {
+                // A snapshot raft restored since this entry was handed out already holds its
+                // effect (and maybe later ones): applying it again would take the
+                // configuration back.
+                let first = self.node.raft.raft_log.first_index();
+                let cs = if index < first {
+                    self.node.raft.prs().conf().to_conf_state()
+                } else {
+                    let joins = cc
+                        .changes
+                        .iter()
+                        .any(|c| self.node.raft.prs().get(c.node_id).is_none());
+                    let cs = self
+                        .node
+                        .apply_conf_change(&cc)
+                        .map_err(|e| anyhow::anyhow!("applying a configuration change: {e}"))?;
+                    let mut store = self.node.mut_store().mem.wl();
+                    store.set_conf_state(cs.clone());
+                    // A log that still starts at index 1 lacks the first configuration (each
+                    // member takes it from --initial-cluster, not from the log), so a new
+                    // member must start from a snapshot, which carries the configuration:
+                    // the entries up to this one leave raft's log and anyone needing them
+                    // gets a snapshot instead. (raft-rs's in-memory log keeps at least its
+                    // last entry: this one stays.)
+                    if joins && first == 1 && index <= self.handed_out {
+                        store.compact(index)?;
+                    }
+                    cs
+                };
                 let _ = reply.send(cs);
             }
-            RaftMsg::SetPeers { peers, removed } => {
+            ConfMsg::SetPeers { peers, removed } => {
                 self.transport.set_peers(&peers);
                 self.transport.set_removed(&removed);
             }
@@ -516,9 +638,68 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
         Ok(())
     }
 
+    /// etcd's MoveLeader on the leader: raft's leader transfer, answered when the target
+    /// leads.
+    fn transfer_leader(
+        &mut self,
+        target: u64,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    ) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(EtcdError::NotLeader));
+            return;
+        }
+        if !self.node.raft.prs().conf().voters().contains(target) {
+            let _ = reply.send(Err(EtcdError::BadLeaderTransferee));
+            return;
+        }
+        if target == self.member_id {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        crate::log_info!(
+            "leadership transfer starting",
+            "local-member-id" => crate::ids::format_id(self.member_id),
+            "current-leader-member-id" => crate::ids::format_id(self.member_id),
+            "transferee-member-id" => crate::ids::format_id(target)
+        );
+        self.node.transfer_leader(target);
+        let deadline = self.clock.now() + timeout;
+        self.transfers.push((target, deadline, reply));
+    }
+
+    /// Answers the MoveLeader requests whose target now leads or whose time ran out. raft
+    /// abandons a transfer after an election timeout; the request keeps waiting for its
+    /// deadline all the same, as etcd's does.
+    fn check_transfers(&mut self) {
+        if self.transfers.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let leader = self.node.raft.leader_id;
+        for (target, deadline, reply) in std::mem::take(&mut self.transfers) {
+            if leader == target {
+                crate::log_info!(
+                    "leadership transfer finished",
+                    "local-member-id" => crate::ids::format_id(self.member_id),
+                    "new-leader-member-id" => crate::ids::format_id(target)
+                );
+                let _ = reply.send(Ok(()));
+            } else if now >= deadline {
+                let _ = reply.send(Err(EtcdError::LeaderTransferTimeout));
+            } else if !reply.is_canceled() {
+                self.transfers.push((target, deadline, reply));
+            }
+        }
+    }
+
     fn on_peer(&mut self, incoming: PeerIncoming) -> anyhow::Result<()> {
         match incoming {
             PeerIncoming::Raft(msgs) => {
+                if let Some(m) = msgs.first() {
+                    self.heard_from.insert(m.from, self.clock.now());
+                }
                 for m in msgs {
                     // A message from a member raft does not know (removed, or not yet added
                     // here) is refused by raft itself; nothing to do but drop it.
@@ -565,11 +746,11 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             }
             PeerIncoming::RemovedFromCluster { by } => {
                 crate::log_warn!(
-                    "the member has been permanently removed from the cluster",
+                    super::apply::REMOVED_FROM_CLUSTER,
                     "local-member-id" => crate::ids::format_id(self.member_id),
                     "removed-by" => crate::ids::format_id(by)
                 );
-                anyhow::bail!("the member has been permanently removed from the cluster");
+                anyhow::bail!(super::apply::REMOVED_FROM_CLUSTER);
             }
         }
         Ok(())
@@ -638,13 +819,85 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
         let id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1);
         let data = codec::encode(id, &req);
-        match self.node.propose(Vec::new(), data) {
+        let proposed = match conf_change_of(&req) {
+            Some(change) => {
+                if let Err(e) = self.may_change_membership(&req) {
+                    return refuse(reply, e);
+                }
+                let mut cc = ConfChangeV2::default();
+                cc.mut_changes().push(change);
+                cc.context = data.into();
+                self.node.propose_conf_change(Vec::new(), cc)
+            }
+            None => self.node.propose(Vec::new(), data),
+        };
+        match proposed {
             Ok(()) => {
                 if let Some(r) = reply {
                     self.batch.waiters.push((id, r));
                 }
             }
             Err(_) => refuse(reply, EtcdError::NoLeader),
+        }
+    }
+
+    /// etcd's checks before a membership change is proposed, which need what only the leader
+    /// knows: a learner is promoted only once in sync (its match index at least 90% of the
+    /// leader's), and with --strict-reconfig-check a voter is added only when every voter was
+    /// heard from lately, and removed only when the voters heard from lately keep a quorum
+    /// without it. A follower forwards the change to the leader and leaves the connectivity
+    /// checks to etcd's started-members count (`api::maintenance`); the promotion, which it
+    /// cannot judge at all, it refuses with "not leader".
+    fn may_change_membership(&self, req: &WriteRequest) -> Result<(), EtcdError> {
+        let is_leader = self.node.raft.state == StateRole::Leader;
+        let prs = self.node.raft.prs();
+        let now = self.clock.now();
+        let connected = |id: u64| {
+            id == self.member_id
+                || self
+                    .heard_from
+                    .get(&id)
+                    .is_some_and(|at| now.duration_since(*at) < HEALTH_INTERVAL)
+        };
+        match req {
+            WriteRequest::MemberPromote { id } => {
+                if !is_leader {
+                    return Err(EtcdError::NotLeader);
+                }
+                let Some(learner) = prs.get(*id) else {
+                    return Err(EtcdError::MemberNotFound);
+                };
+                let leader_match = prs.get(self.member_id).map_or(0, |p| p.matched);
+                if (learner.matched as f64) < (leader_match as f64) * 0.9 {
+                    return Err(EtcdError::LearnerNotReady);
+                }
+                Ok(())
+            }
+            _ if !is_leader || !self.strict_reconfig_check => Ok(()),
+            WriteRequest::MemberAdd(m) if !m.is_learner => {
+                if prs.conf().voters().ids().iter().all(connected) {
+                    Ok(())
+                } else {
+                    Err(EtcdError::Unhealthy)
+                }
+            }
+            WriteRequest::MemberRemove { id } => {
+                let voters = prs.conf().voters().ids();
+                if !voters.contains(*id) {
+                    return Ok(());
+                }
+                // A member that is down is no part of the active quorum: removing it is safe.
+                if *id != self.member_id && !connected(*id) {
+                    return Ok(());
+                }
+                let active = voters.iter().filter(|v| connected(*v)).count();
+                if active.saturating_sub(1) < 1 + (voters.len() - 1) / 2 {
+                    Err(EtcdError::Unhealthy)
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
         }
     }
 
@@ -804,7 +1057,22 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
         self.apply_tx
             .send(ApplyMsg::InstallSnapshot { index, reply })
             .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
-        rx.await
+        // The applier may first apply a conf change handed out before the snapshot, and
+        // waits for its answer: conf messages are served while we wait.
+        let installed = {
+            let conf_rx = self.conf_rx.clone();
+            futures::pin_mut!(rx);
+            loop {
+                let conf = conf_rx.recv_async();
+                futures::pin_mut!(conf);
+                match select(rx.as_mut(), conf).await {
+                    Either::Left((answer, _)) => break answer,
+                    Either::Right((Ok(msg), _)) => self.on_conf(msg)?,
+                    Either::Right((Err(_), _)) => break rx.as_mut().await,
+                }
+            }
+        };
+        installed
             .map_err(|_| anyhow::anyhow!("the applier stopped"))?
             .map_err(|e| anyhow::anyhow!("installing the snapshot at {index}: {e}"))?;
         self.node

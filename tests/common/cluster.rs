@@ -277,7 +277,7 @@ impl Cluster {
             .filter(|l| l.contains("\"member identity\""))
             .filter_map(|l| l.split("\"local-member-id\":\"").nth(1))
             .filter_map(|rest| rest.split('"').next())
-            .last()
+            .next_back()
             .and_then(|hex| u64::from_str_radix(hex, 16).ok())
             .expect("the member logs its identity");
         self.members[i].id = id;
@@ -297,6 +297,57 @@ impl Cluster {
         assert!(!self.members[i].is_up());
         let rx = self.spawn(i);
         self.wait_ready(i, rx);
+    }
+
+    /// Starts several stopped members again together (none can serve before a quorum runs)
+    /// and waits until each serves.
+    pub fn restart_together(&mut self, members: &[usize]) {
+        let ready: Vec<_> = members
+            .iter()
+            .map(|&i| {
+                assert!(!self.members[i].is_up());
+                (i, self.spawn(i))
+            })
+            .collect();
+        for (i, rx) in ready {
+            self.wait_ready(i, rx);
+        }
+    }
+
+    /// Waits up to `within` for member `i`'s process to exit on its own; its exit status, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.members[i].child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.members[i].child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a stopped member again on its data dir, expecting it to exit by itself within
+    /// `within` without serving; its exit status.
+    pub fn restart_expecting_exit(
+        &mut self,
+        i: usize,
+        within: Duration,
+    ) -> std::process::ExitStatus {
+        assert!(!self.members[i].is_up());
+        self.members[i].log.lock().unwrap().clear();
+        let _ready = self.spawn(i);
+        self.wait_exit(i, within).unwrap_or_else(|| {
+            panic!(
+                "{} still runs; its log:\n{}",
+                self.members[i].name,
+                self.members[i].log.lock().unwrap()
+            )
+        })
     }
 
     /// Cuts member `i` off from every other member, both ways.

@@ -157,6 +157,8 @@ impl CheckpointStore for SimCheckpoints {
 #[derive(Clone)]
 pub struct Handles {
     pub raft_tx: flume::Sender<RaftMsg>,
+    /// The applier's queries (member list).
+    pub queries_tx: flume::Sender<rusd::coordinator::CoordMsg>,
     pub shards: ShardSet,
     pub published: Arc<Published>,
 }
@@ -296,8 +298,7 @@ impl SimMember {
         }
         let shards = ShardSet::new(shard_txs);
         let (raft_tx, raft_rx) = flume::bounded(rusd::coordinator::COORDINATOR_INBOX_MAX);
-        // Nobody queries the applier here: a closed query channel is a normal state for it.
-        let (_, queries_rx) = flume::bounded(rusd::coordinator::COORDINATOR_INBOX_MAX);
+        let (queries_tx, queries_rx) = flume::bounded(rusd::coordinator::COORDINATOR_INBOX_MAX);
         let (watch_tx, watch_rx) = flume::bounded(rusd::coordinator::watch::WATCH_FEED_MAX);
         let (apply_tx, apply_rx) = flume::unbounded();
         let clock = exec.clock();
@@ -355,6 +356,7 @@ impl SimMember {
                     name: self.name.clone(),
                     client_urls: vec![format!("sim://{}/client", self.name)],
                 },
+                strict_reconfig_check: true,
             },
             SimLog {
                 disk: disk.clone(),
@@ -415,6 +417,7 @@ impl SimMember {
         net.attach(self.id, raft_tx.clone());
         self.handles = Some(Handles {
             raft_tx,
+            queries_tx,
             shards,
             published,
         });
