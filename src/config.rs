@@ -632,8 +632,9 @@ const G_IGN: &str = "Ignored (obsolete)";
 const G_FILE: &str = "config-file only";
 
 const NE_TUNE: Option<&str> = Some("storage/raft tuning knob; rusd uses its own storage engine");
-const NE_CLUSTER: Option<&str> =
-    Some("not implemented yet (issue #11): start-up stops with an error rather than run without it");
+const NE_CLUSTER: Option<&str> = Some(
+    "not implemented yet (issue #11): start-up stops with an error rather than run without it",
+);
 const NE_PEER_TIMEOUT: Option<&str> = Some(
     "peer connections use the transport's own deadlines and heartbeat-driven liveness (docs/peer-protocol.md)",
 );

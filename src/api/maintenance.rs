@@ -282,15 +282,20 @@ fn members_out(out: &crate::coordinator::WriteOutcome) -> Vec<pb::Member> {
 }
 
 /// Peer URLs as etcd accepts them in member add/update: absolute http(s) URLs.
+/// etcd's `types.NewURLs` check on MemberAdd/MemberUpdate: at least one URL, each with a
+/// scheme etcd dials (http, https, unix, unixs), a host and port, no path; anything else is
+/// ErrGRPCMemberBadURLs. (An empty list would add a voter nobody can reach.)
 fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
-    for u in urls {
-        let ok = (u.starts_with("http://") || u.starts_with("https://"))
-            && crate::config::Url::parse(u).is_ok();
-        if !ok {
-            return Err(Status::invalid_argument(format!(
-                "etcdserver: invalid peer URL {u:?}"
-            )));
-        }
+    let valid = |u: &String| {
+        ["http://", "https://", "unix://", "unixs://"]
+            .iter()
+            .any(|scheme| u.starts_with(scheme))
+            && crate::config::Url::parse(u).is_ok()
+    };
+    if urls.is_empty() || !urls.iter().all(valid) {
+        return Err(Status::invalid_argument(
+            "etcdserver: given member URLs are invalid",
+        ));
     }
     Ok(())
 }
