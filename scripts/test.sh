@@ -20,7 +20,7 @@ export ETCDCTL="$bin_dir/etcdctl" ETCDUTL="$bin_dir/etcdutl" ETCD_BIN="$bin_dir/
 echo "== cargo test (release)"
 cargo test --release --workspace
 
-echo "== etcd robustness suite (v3.6.16): Kill on 1 member, every traffic profile"
+echo "== etcd robustness suite (v3.6.16): Kill on 1 and on 3 members, every traffic profile"
 cargo build --release --bin rusd
 # Linearizability with porcupine; watch validation needs etcd's WAL format (docs/robustness.md).
 # One retry, printed as FLAKY: the suite itself fails a run whose load generator fell below its
@@ -28,13 +28,15 @@ cargo build --release --bin rusd
 # about once in 200 runs (docs/robustness.md).
 robustness() {
   scripts/etcd-robustness.sh --no-build --binary "$CARGO_TARGET_DIR/release/rusd" \
-    --out "$1" --cluster-size 1 --failpoint Kill --profile all --count 1
+    --out "$1" --cluster-size "$2" --failpoint Kill --profile all --count 1
 }
-if ! robustness "$repo/.robustness-out"; then
-  echo "== robustness: retrying once"
-  robustness "$repo/.robustness-out/retry"
-  echo "FLAKY (robustness failed once, passed on the retry): see $repo/.robustness-out/summary.json"
-fi
+for size in 1 3; do
+  if ! robustness "$repo/.robustness-out/$size" "$size"; then
+    echo "== robustness ($size members): retrying once"
+    robustness "$repo/.robustness-out/$size/retry" "$size"
+    echo "FLAKY (robustness, $size members, failed once, passed on the retry): see $repo/.robustness-out/$size"
+  fi
+done
 
 echo "== etcd e2e: expected-to-pass list"
 out="$repo/.e2e-out"
