@@ -37,15 +37,18 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 /// (etcd's `maxNoLeaderCnt`).
 const NO_LEADER_CHECKS_MAX: u32 = 3;
 
+/// The call carries clientv3's `WithRequireLeader` metadata (`hasleader: true`).
+fn wants_leader<T>(request: &Request<T>) -> bool {
+    request
+        .metadata()
+        .get("hasleader")
+        .is_some_and(|v| v.as_bytes() == b"true")
+}
+
 /// Kubernetes sets `hasleader: true` on watches: such a stream must fail while there is no
 /// leader rather than wait silently.
 pub fn require_leader<T>(ctx: &Context, request: &Request<T>) -> Result<(), Status> {
-    let wants_leader = request
-        .metadata()
-        .get("hasleader")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == "true");
-    if wants_leader && ctx.published.leader() == 0 {
+    if wants_leader(request) && ctx.published.leader() == 0 {
         return Err(status(EtcdError::NoLeader));
     }
     Ok(())
@@ -167,10 +170,7 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         require_leader(&self.ctx, &request)?;
-        let wants_leader = request
-            .metadata()
-            .get("hasleader")
-            .is_some_and(|v| v.as_bytes() == b"true");
+        let wants_leader = wants_leader(&request);
         let creds = super::auth::Credentials::of(&request);
         let mut incoming = request.into_inner();
         let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
