@@ -7,6 +7,11 @@
 #
 # Usage: scripts/bench-vs-etcd.sh [options]
 #   --quick              smoke run (a few minutes): R=1, small totals, 100k-key memory test
+#   --members N          run N-member clusters (1, 3 or 5; default 1) of each server on this
+#                        machine, rusd members with --shards 1; the benchmark spreads its
+#                        connections over every member's endpoint. memory/recovery measure one
+#                        process and are refused with N > 1; the report goes to
+#                        docs/benchmarks-<N>-members.md unless --out says otherwise
 #   --runs R             runs per server and workload (default 3; 1 with --quick)
 #   --workloads LIST     comma-separated subset of: put-1 put-1000 txn-put range-l range-s
 #                        watch-lat lease-ka memory recovery (default: all)
@@ -32,7 +37,7 @@
 # stalled; READY_TIMEOUT (120) seconds a server may take to print its ready line.
 #
 # The server under test listens on 127.0.0.1:23790 (client) and 127.0.0.1:23791 (peer); both
-# must be free. rusd needs RLIMIT_MEMLOCK for io_uring (it raises its soft limit itself).
+# must be free (with --members N, member i uses 23790+10i and 23791+10i). rusd needs RLIMIT_MEMLOCK for io_uring (it raises its soft limit itself).
 set -euo pipefail
 trap 'echo "bench-vs-etcd: command failed (line $LINENO): $BASH_COMMAND" >&2' ERR
 
@@ -42,6 +47,7 @@ target="${CARGO_TARGET_DIR:-$repo/target}"
 
 CLIENT_ADDR=127.0.0.1:23790
 PEER_ADDR=127.0.0.1:23791
+members=1
 
 quick=0
 runs=""
@@ -53,7 +59,7 @@ mem_loader=put
 retries=1
 data_root=/var/tmp/rusd-bench
 results=""
-out="$repo/docs/benchmarks.md"
+out=""
 rusd_bin=""
 build=1
 report_only=""
@@ -65,6 +71,7 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --members) members="$2"; shift ;;
     --runs) runs="$2"; shift ;;
     --runs=*) runs="${1#*=}" ;;
     --workloads) workloads="$2"; shift ;;
@@ -105,6 +112,26 @@ report() {
   fi
 }
 
+case "$members" in
+  1|3|5) ;;
+  *) die "--members must be 1, 3 or 5" ;;
+esac
+if [ -z "$out" ]; then
+  if [ "$members" = 1 ]; then out="$repo/docs/benchmarks.md"; else out="$repo/docs/benchmarks-$members-members.md"; fi
+fi
+# Member i's client and peer addresses; member 0's client address is CLIENT_ADDR, where etcdctl
+# probes go. The benchmark gets every member's endpoint.
+member_client() { echo "127.0.0.1:$((23790 + 10 * $1))"; }
+member_peer() { echo "127.0.0.1:$((23791 + 10 * $1))"; }
+ALL_ADDRS=()
+ENDPOINTS=""
+INITIAL_CLUSTER=""
+for i in $(seq 0 $((members - 1))); do
+  ALL_ADDRS+=("$(member_client "$i")" "$(member_peer "$i")")
+  ENDPOINTS="$ENDPOINTS${ENDPOINTS:+,}$(member_client "$i")"
+  INITIAL_CLUSTER="$INITIAL_CLUSTER${INITIAL_CLUSTER:+,}m$i=http://$(member_peer "$i")"
+done
+
 if [ -n "$report_only" ]; then
   report "$report_only"
   exit 0
@@ -116,6 +143,14 @@ fi
 declare -A want=()
 IFS=',' read -r -a _wl <<< "$workloads"
 for w in "${_wl[@]}"; do
+  if [ "$members" != 1 ]; then
+    case "$w" in
+      memory|recovery)
+        # These measure one process's RSS and restart time; a cluster run measures throughput.
+        if [ "$workloads" = "put-1,put-1000,txn-put,range-l,range-s,watch-lat,lease-ka,memory,recovery" ]; then continue; fi
+        die "--members $members: workload '$w' measures a single process; run it with --members 1" ;;
+    esac
+  fi
   case "$w" in
     watch-latency) w=watch-lat ;;
     lease-keepalive) w=lease-ka ;;
@@ -212,20 +247,31 @@ BENCH_BIN="$results/bin/benchmark"
 ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
 
 port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
-for a in "$CLIENT_ADDR" "$PEER_ADDR"; do
+for a in "${ALL_ADDRS[@]}"; do
   port_busy "$a" && die "$a is in use; stop whatever listens there first"
 done
 
 # Same flags for both servers: fsync on (the default of both), etcd's default snapshot-count,
 # the same backend quota (etcd's default 2 GiB, given explicitly).
 SF=()
-set_server_flags() { # DATADIR -> SF array
-  SF=(--name default
-      --listen-client-urls "http://$CLIENT_ADDR" --advertise-client-urls "http://$CLIENT_ADDR"
-      --listen-peer-urls "http://$PEER_ADDR" --initial-advertise-peer-urls "http://$PEER_ADDR"
-      --initial-cluster "default=http://$PEER_ADDR"
-      --snapshot-count 100000 --quota-backend-bytes 2147483648
-      --data-dir "$1")
+set_server_flags() { # DATADIR [MEMBER] -> SF array
+  if [ "$members" = 1 ]; then
+    SF=(--name default
+        --listen-client-urls "http://$CLIENT_ADDR" --advertise-client-urls "http://$CLIENT_ADDR"
+        --listen-peer-urls "http://$PEER_ADDR" --initial-advertise-peer-urls "http://$PEER_ADDR"
+        --initial-cluster "default=http://$PEER_ADDR"
+        --snapshot-count 100000 --quota-backend-bytes 2147483648
+        --data-dir "$1")
+  else
+    local i="${2:-0}" c p
+    c="$(member_client "$i")"; p="$(member_peer "$i")"
+    SF=(--name "m$i"
+        --listen-client-urls "http://$c" --advertise-client-urls "http://$c"
+        --listen-peer-urls "http://$p" --initial-advertise-peer-urls "http://$p"
+        --initial-cluster "$INITIAL_CLUSTER" --initial-cluster-token bench-cluster
+        --snapshot-count 100000 --quota-backend-bytes 2147483648
+        --data-dir "$1/m$i")
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -242,12 +288,17 @@ CUR_DATA=""
 # cannot bind that port until the TIME_WAIT expires (60 s): "Address already in use". Before
 # every start, destroy TIME_WAIT sockets whose local port is one of the two ports under test
 # (`ss -K`), or wait for them to expire where the kernel cannot destroy them.
+tw_filter() {
+  local f="" a
+  for a in "${ALL_ADDRS[@]}"; do f="$f${f:+ or }sport = :${a##*:}"; done
+  echo "( $f )"
+}
 tw_sockets() {
-  ss -Htan state time-wait "( sport = :${CLIENT_ADDR##*:} or sport = :${PEER_ADDR##*:} )" 2>/dev/null
+  ss -Htan state time-wait "$(tw_filter)" 2>/dev/null
 }
 clear_time_wait() {
   [ -n "$(tw_sockets)" ] || return 0
-  ss -K -Htan state time-wait "( sport = :${CLIENT_ADDR##*:} or sport = :${PEER_ADDR##*:} )" >/dev/null 2>&1 || true
+  ss -K -Htan state time-wait "$(tw_filter)" >/dev/null 2>&1 || true
   local i=0
   while [ -n "$(tw_sockets)" ] && [ $i -lt 650 ]; do
     [ $i = 0 ] && log "  waiting for TIME_WAIT sockets on the server ports to expire (ss -K could not destroy them)"
@@ -255,33 +306,50 @@ clear_time_wait() {
   done
 }
 
-# start_server NAME DATADIR LOGFILE: starts and waits for "ready to serve client requests";
-# READY_S = seconds from exec to that line. On failure: returns 1, START_ERR says why.
-# (Call it directly, never in $(...): SERVER_PID must be set in this shell.)
+# start_server NAME DATADIR LOGFILE: starts the server (every member with --members N: member i
+# logs to LOGFILE, or LOGFILE.m<i> for i > 0) and waits for "ready to serve client requests"
+# from each; READY_S = seconds from exec to the last member's ready line. On failure: returns 1,
+# START_ERR says why. (Call it directly, never in $(...): SERVER_PIDS must be set in this shell.)
+SERVER_PIDS=()
 start_server() {
   local name="$1" dir="$2" logf="$3" bin
   case "$name" in rusd) bin="$RUSD_BIN" ;; etcd) bin="$ETCD_BIN" ;; esac
   clear_time_wait
-  for a in "$CLIENT_ADDR" "$PEER_ADDR"; do
+  for a in "${ALL_ADDRS[@]}"; do
     local i=0
     while port_busy "$a"; do
       i=$((i + 1)); [ $i -gt 100 ] && { START_ERR="port $a still in use"; return 1; }
       sleep 0.1
     done
   done
-  set_server_flags "$dir"
   local t0; t0=$(date +%s%N)
-  "$bin" "${SF[@]}" >"$logf" 2>&1 &
-  SERVER_PID=$!
-  if ! READY_S=$(python3 "$helper" wait-ready --log "$logf" --pid "$SERVER_PID" \
-                   --start-ns "$t0" --timeout "$READY_TIMEOUT" 2>>"$logf.wait"); then
-    stop_server
-    START_ERR="$name did not become ready: $(cat "$logf.wait"); last log lines: $(tail -n 3 "$logf" | tr '\n' ' ')"
-    return 1
-  fi
-  # The ready line comes after the listener is up; make sure a request goes through.
+  SERVER_PIDS=()
+  local m mlog logs=()
+  for m in $(seq 0 $((members - 1))); do
+    set_server_flags "$dir" "$m"
+    mlog="$logf"; [ "$m" = 0 ] || mlog="$logf.m$m"
+    logs+=("$mlog")
+    local extra=()
+    # Three processes share two cores: one shard each, as a cluster member in production
+    # would have its own machine.
+    [ "$members" != 1 ] && [ "$name" = rusd ] && extra=(--shards 1)
+    "$bin" "${SF[@]}" "${extra[@]}" >"$mlog" 2>&1 &
+    SERVER_PIDS+=($!)
+  done
+  SERVER_PID="${SERVER_PIDS[0]}"
+  local k
+  for k in "${!SERVER_PIDS[@]}"; do
+    if ! READY_S=$(python3 "$helper" wait-ready --log "${logs[$k]}" --pid "${SERVER_PIDS[$k]}" \
+                     --start-ns "$t0" --timeout "$READY_TIMEOUT" 2>>"$logf.wait"); then
+      stop_server
+      START_ERR="$name member $k did not become ready: $(cat "$logf.wait"); last log lines: $(tail -n 3 "${logs[$k]}" | tr '\n' ' ')"
+      return 1
+    fi
+  done
+  # The ready line comes after the listener is up; make sure a request goes through (on a
+  # cluster, a linearizable one, which needs a leader).
   local i=0
-  until "$ETCDCTL_BIN" --endpoints="$CLIENT_ADDR" --command-timeout=2s endpoint health \
+  until "$ETCDCTL_BIN" --endpoints="$ENDPOINTS" --command-timeout=2s endpoint health \
           >/dev/null 2>&1; do
     i=$((i + 1))
     if [ $i -gt 50 ]; then stop_server; START_ERR="$name: endpoint health never succeeded"; return 1; fi
@@ -290,14 +358,16 @@ start_server() {
 }
 
 stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  if kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
+  [ ${#SERVER_PIDS[@]} -gt 0 ] || return 0
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${SERVER_PIDS[@]}"; do
     local i=0
-    while kill -0 "$SERVER_PID" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  wait "$SERVER_PID" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  SERVER_PIDS=()
   SERVER_PID=""
 }
 
@@ -310,9 +380,13 @@ trap 'exit 130' INT TERM
 
 server_rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status"; }
 server_hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status"; }
-server_alive() { [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; }
+server_alive() {
+  [ ${#SERVER_PIDS[@]} -gt 0 ] || return 1
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || return 1; done
+}
 
-BENCH=("$BENCH_BIN" "--endpoints=$CLIENT_ADDR" --precise)
+BENCH=("$BENCH_BIN" "--endpoints=$ENDPOINTS" --precise)
 
 # bench OUTBASE ARGS...: one benchmark run; stdout -> OUTBASE.out, stderr -> OUTBASE.err.
 # Stall watchdog: the tool waits forever for a request the server never answers, so if its
@@ -347,7 +421,7 @@ bench() {
 record_cmd() {
   local w="$1"; shift
   local f="$results/$w/cmd.txt"
-  local line="benchmark --endpoints=$CLIENT_ADDR --precise $*"
+  local line="benchmark --endpoints=$ENDPOINTS --precise $*"
   grep -qxF -- "$line" "$f" 2>/dev/null || echo "$line" >> "$f"
 }
 
@@ -607,8 +681,9 @@ rusd_dirty=0
   echo "mem_keys=$mem_keys"
   echo "mem_runs=$mem_runs"
   echo "mem_loader=$mem_loader"
-  echo "endpoint=$CLIENT_ADDR"
-  set_server_flags DIR; echo "server_flags=${SF[*]}"
+  echo "endpoint=$ENDPOINTS"
+  echo "members=$members"
+  set_server_flags DIR; echo "server_flags=${SF[*]}$([ "$members" = 1 ] || echo " (member 0 of $members; rusd adds --shards 1)")"
   echo "data_root=$data_root"
   echo "etcd_version=$etcd_version"
   echo "rusd_commit=$rusd_commit"

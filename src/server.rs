@@ -161,6 +161,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         shard_rxs.push(rx);
     }
     let published = Arc::new(Published::default());
+    let auth_config = Arc::new(api::auth::AuthConfig::new(
+        &cfg.auth_token,
+        cfg.bcrypt_cost,
+        cfg.auth_token_ttl,
+        cfg.client_tls.client_cert_auth,
+    )?);
+    published
+        .auth
+        .set_simple_token_ttl(auth_config.simple_token_ttl());
     // etcd's ReqTimeout: 5 s plus two election timeouts.
     let request_timeout =
         Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms);
@@ -186,12 +195,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }),
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
-        auth: Arc::new(api::auth::AuthConfig::new(
-            &cfg.auth_token,
-            cfg.bcrypt_cost,
-            cfg.auth_token_ttl,
-            cfg.client_tls.client_cert_auth,
-        )?),
+        auth: auth_config,
         gateway_streams: api::gateway::StreamGate::new(cfg.max_concurrent_streams),
         cors: Arc::new(cfg.cors.clone()),
         health: api::health::HealthState::new(cfg.experimental_stop_grpc_service_on_defrag),

@@ -17,8 +17,10 @@ use tonic::{Request, Response, Status};
 
 use super::status::status;
 use super::Context;
-use crate::coordinator::auth::{Access, AuthInfo, AuthRequest, AuthStore, PermType, Permission};
-use crate::coordinator::{WriteOutcome, WriteRequest};
+use crate::coordinator::auth::{
+    Access, AuthInfo, AuthRequest, AuthShared, AuthStore, PermType, Permission,
+};
+use crate::coordinator::{WriteOutcome, WriteRequest, WriteResponse};
 use crate::error::EtcdError;
 
 /// How this member issues and checks tokens (`--auth-token`), and the bcrypt cost.
@@ -53,6 +55,11 @@ struct Claims {
 const JWT_TTL_DEFAULT: Duration = Duration::from_secs(300);
 
 impl AuthConfig {
+    /// How long an unused simple token lives (`--auth-token-ttl`).
+    pub fn simple_token_ttl(&self) -> Duration {
+        self.simple_ttl
+    }
+
     /// From `--auth-token`, `--bcrypt-cost`, `--auth-token-ttl` and `--client-cert-auth`.
     pub fn new(
         auth_token: &str,
@@ -224,6 +231,28 @@ impl Credentials {
 }
 
 impl Context {
+    /// Whether `token` is a simple token issued at a raft index this member has not applied
+    /// yet: another member answered the Authenticate after applying it, and this one may lag.
+    /// Such a request waits for this member to catch up before its token is checked (etcd's
+    /// simple-token index wait), instead of failing with "invalid auth token".
+    pub fn simple_token_pending(&self, token: &str) -> bool {
+        if !matches!(self.auth.tokens, TokenKind::Simple) {
+            return false;
+        }
+        let Some(index) = token
+            .split_once('.')
+            .and_then(|(_, index)| index.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        index
+            > self
+                .published
+                .applied_index
+                .load(std::sync::atomic::Ordering::Acquire)
+            && !self.published.auth.has_simple_token(token)
+    }
+
     /// The auth state now and the identity of `creds` (etcd's AuthInfoFromCtx): `None` when
     /// auth is off or nothing identifies the sender.
     pub fn identify(
@@ -236,14 +265,15 @@ impl Context {
         }
         if let Some(token) = &creds.token {
             let info = match &self.auth.tokens {
-                TokenKind::Simple => self
-                    .published
-                    .auth
-                    .simple_token_user(token, self.auth.simple_ttl)
-                    .map(|user| AuthInfo {
-                        user,
-                        revision: store.revision(),
-                    }),
+                TokenKind::Simple => {
+                    self.published
+                        .auth
+                        .simple_token_user(token)
+                        .map(|user| AuthInfo {
+                            user,
+                            revision: store.revision(),
+                        })
+                }
                 TokenKind::Jwt(jwt) => {
                     let mut v = Validation::new(jwt.alg);
                     v.leeway = 0;
@@ -497,11 +527,23 @@ impl pb::auth_server::Auth for AuthService {
                 continue;
             }
             let token = match &self.ctx.auth.tokens {
-                TokenKind::Simple => self
-                    .ctx
-                    .published
-                    .auth
-                    .assign_simple_token(&r.name, self.ctx.auth.simple_ttl),
+                TokenKind::Simple => {
+                    // Through the log, so that every member knows the token (etcd's
+                    // InternalAuthenticateRequest); the password never enters the log.
+                    let req = WriteRequest::Authenticate {
+                        name: r.name.clone(),
+                        token_prefix: AuthShared::simple_token_prefix(),
+                    };
+                    let out = self.ctx.coordinator.propose(req).await.map_err(status)?;
+                    let WriteResponse::Authenticated { token } = out.response else {
+                        return Err(Status::internal("auth: unexpected answer to Authenticate"));
+                    };
+                    // etcd retries when the auth state moved while the request was in flight.
+                    if self.ctx.published.auth.snapshot().revision() != store.revision() {
+                        continue;
+                    }
+                    token
+                }
                 TokenKind::Jwt(jwt) => {
                     let Some(key) = &jwt.sign else {
                         return Err(Status::internal(

@@ -165,7 +165,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if self.ctx.health.is_serving() {
+        let token_pending = req
+            .headers()
+            .get("token")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| self.ctx.simple_token_pending(t));
+        if self.ctx.health.is_serving() && !token_pending {
             return self.route(req);
         }
         // As etcd: nothing is answered before the member is ready (WAL replayed, attributes
@@ -173,6 +178,13 @@ where
         let mut router = self.clone();
         Box::pin(async move {
             router.ctx.health.wait_serving().await;
+            if token_pending {
+                // The token's Authenticate was committed before its issuer answered, so a
+                // ReadIndex round brings this member's apply past it. If that fails (no
+                // leader), the token check below answers "invalid auth token", as etcd does
+                // when its wait times out.
+                let _ = router.ctx.coordinator.read_index().await;
+            }
             router.route(req).await
         })
     }

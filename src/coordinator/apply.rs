@@ -1296,6 +1296,23 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             }
             WriteRequest::Auth(a) => auth::apply_published(&mut self.auth, &self.published.auth, a)
                 .map(|()| WriteResponse::Auth),
+            WriteRequest::Authenticate { name, token_prefix } => {
+                // The password was checked by the member that proposed this; apply re-checks
+                // only what can have changed since (etcd's authStore.Authenticate).
+                if !self.auth.enabled() {
+                    Err(EtcdError::AuthNotEnabled)
+                } else if self
+                    .auth
+                    .user(&name)
+                    .is_none_or(|u| u.password_hash.is_none())
+                {
+                    Err(EtcdError::AuthFailed)
+                } else {
+                    let token = format!("{token_prefix}.{}", self.applying_index);
+                    self.published.auth.add_simple_token(token.clone(), name);
+                    Ok(WriteResponse::Authenticated { token })
+                }
+            }
             WriteRequest::Authed { .. } => Err(EtcdError::InvalidAuthMgmt), // unwrapped above
             WriteRequest::LeaseRevoke { id } => match self.leases.get(id) {
                 None => Err(EtcdError::LeaseNotFound),

@@ -7,8 +7,10 @@
 //! core checks permissions against that read-only copy (`AuthShared::snapshot`). The store is
 //! small (users and roles, not keys), so a copy per auth change is cheap.
 //!
-//! Simple tokens live in a member-local table (`TokenTable`), as in etcd: not replicated and
-//! lost at restart (clients re-authenticate on "invalid auth token").
+//! Simple tokens live in a table on each member (`TokenTable`), filled as each member applies
+//! the Authenticate entry that issued them, so a token works on every member; as in etcd they
+//! are kept in memory only and lost at restart (clients re-authenticate on "invalid auth
+//! token").
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -681,17 +683,21 @@ struct TokenEntry {
 /// while tokens are still inside their TTL only.
 const TOKEN_SWEEP_AT: usize = 4096;
 
-/// etcd's simple-token table: member-local, TTL refreshed on every use.
+/// etcd's simple-token table: filled by applying Authenticate entries (so the same on every
+/// member), kept in memory only, TTL refreshed on every use.
 pub struct TokenTable {
     tokens: HashMap<String, TokenEntry>,
-    next_index: u64,
+    ttl: Duration,
 }
+
+/// etcd's default `--auth-token-ttl`.
+const DEFAULT_SIMPLE_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 impl TokenTable {
     fn new() -> Self {
         TokenTable {
             tokens: HashMap::new(),
-            next_index: 1,
+            ttl: DEFAULT_SIMPLE_TOKEN_TTL,
         }
     }
 }
@@ -731,36 +737,45 @@ impl AuthShared {
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = store;
     }
 
-    /// A fresh simple token for `user`: etcd's shape, 16 random letters, a dot, a counter.
-    pub fn assign_simple_token(&self, user: &str, ttl: Duration) -> String {
+    /// A fresh token prefix: etcd's shape, 16 random letters. The applier appends `.<raft
+    /// index>`, which makes the token unique on every member without coordination.
+    pub fn simple_token_prefix() -> String {
         use rand::Rng;
         const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
         let mut rng = rand::thread_rng();
-        let prefix: String = (0..16)
+        (0..16)
             .map(|_| LETTERS[rng.gen_range(0..LETTERS.len())] as char)
-            .collect();
+            .collect()
+    }
+
+    /// Sets how long an unused simple token lives (`--auth-token-ttl`); a member's own choice,
+    /// as in etcd, so it is configuration and not replicated.
+    pub fn set_simple_token_ttl(&self, ttl: Duration) {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).ttl = ttl;
+    }
+
+    /// Records a token that an applied Authenticate issued for `user`.
+    pub fn add_simple_token(&self, token: String, user: String) {
         let now = Instant::now();
         let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         if t.tokens.len() >= TOKEN_SWEEP_AT {
             t.tokens.retain(|_, e| e.expires > now);
         }
-        let token = format!("{prefix}.{}", t.next_index);
-        t.next_index += 1;
-        let expires = now + ttl;
-        t.tokens.insert(
-            token.clone(),
-            TokenEntry {
-                user: user.to_string(),
-                expires,
-            },
-        );
-        token
+        let expires = now + t.ttl;
+        t.tokens.insert(token, TokenEntry { user, expires });
+    }
+
+    /// Whether `token` is in the table (live or not yet swept); does not refresh it.
+    pub fn has_simple_token(&self, token: &str) -> bool {
+        let t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        t.tokens.contains_key(token)
     }
 
     /// The user of a live simple token; refreshes its TTL.
-    pub fn simple_token_user(&self, token: &str, ttl: Duration) -> Option<String> {
+    pub fn simple_token_user(&self, token: &str) -> Option<String> {
         let now = Instant::now();
         let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let ttl = t.ttl;
         match t.tokens.get_mut(token) {
             Some(e) if e.expires > now => {
                 e.expires = now + ttl;
@@ -962,13 +977,13 @@ mod tests {
             .unwrap();
         assert!(!s.has_role("u", "r"));
         let shared = AuthShared::default();
-        let ttl = Duration::from_secs(300);
-        let t = shared.assign_simple_token("u", ttl);
-        assert_eq!(shared.simple_token_user(&t, ttl).as_deref(), Some("u"));
+        let t = format!("{}.7", AuthShared::simple_token_prefix());
+        shared.add_simple_token(t.clone(), "u".into());
+        assert_eq!(shared.simple_token_user(&t).as_deref(), Some("u"));
         let eff = s
             .apply(AuthRequest::UserDelete { name: "u".into() })
             .unwrap();
         shared.apply_token_effect(eff);
-        assert_eq!(shared.simple_token_user(&t, ttl), None);
+        assert_eq!(shared.simple_token_user(&t), None);
     }
 }

@@ -57,6 +57,14 @@ pub enum WriteRequest {
     },
     /// A change to users, roles or the auth flag (see `coordinator::auth`).
     Auth(AuthRequest),
+    /// A password already checked by the receiving member: every member records the simple
+    /// token `<token_prefix>.<raft index>` for `name` when it applies this (etcd's
+    /// InternalAuthenticateRequest), so the token is good on every member, not only on the
+    /// one that issued it.
+    Authenticate {
+        name: String,
+        token_prefix: String,
+    },
     /// A request sent by an authenticated user: apply re-checks its permissions against the
     /// auth state of its turn in the log, as etcd's authApplierV3 does with the entry header.
     Authed {
@@ -120,6 +128,7 @@ const TAG_MEMBER_REMOVE: u8 = 33;
 const TAG_MEMBER_PROMOTE: u8 = 34;
 const TAG_AUTH: u8 = 20;
 const TAG_AUTHED: u8 = 21;
+const TAG_AUTHENTICATE: u8 = 22;
 
 pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(64);
@@ -192,6 +201,11 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
         WriteRequest::Auth(a) => {
             out.put_u8(TAG_AUTH);
             put_auth(&mut out, a);
+        }
+        WriteRequest::Authenticate { name, token_prefix } => {
+            out.put_u8(TAG_AUTHENTICATE);
+            put_bytes(&mut out, name.as_bytes());
+            put_bytes(&mut out, token_prefix.as_bytes());
         }
         WriteRequest::Authed { info, req } => {
             out.put_u8(TAG_AUTHED);
@@ -282,6 +296,10 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
             }
         }
         TAG_AUTH => WriteRequest::Auth(get_auth(&mut buf)?),
+        TAG_AUTHENTICATE => WriteRequest::Authenticate {
+            name: get_string(&mut buf)?,
+            token_prefix: get_string(&mut buf)?,
+        },
         TAG_AUTHED => {
             let user = get_string(&mut buf)?;
             let revision = get_varint(&mut buf)?;
@@ -799,6 +817,10 @@ mod tests {
             },
         ];
         let mut all: Vec<WriteRequest> = reqs.into_iter().map(WriteRequest::Auth).collect();
+        all.push(WriteRequest::Authenticate {
+            name: "u".into(),
+            token_prefix: "AbCdEfGhIjKlMnOp".into(),
+        });
         all.push(WriteRequest::Authed {
             info: AuthInfo {
                 user: "u".into(),

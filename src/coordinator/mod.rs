@@ -97,6 +97,10 @@ pub enum WriteResponse {
     },
     /// An auth mutation was applied.
     Auth,
+    /// The simple token every member recorded for an Authenticate.
+    Authenticated {
+        token: String,
+    },
     /// The membership after a member change.
     Members(Vec<members::Member>),
 }
