@@ -464,6 +464,29 @@ impl MvccStore {
         ))
     }
 
+    /// Puts several keys at one main revision, each at its own sub-revision: one shard's share
+    /// of a multi-shard txn, applied as one step instead of one message per put. Every put is
+    /// checked against the state before the first one is written, so it writes all or nothing
+    /// (the keys are distinct: etcd's request validation refuses a txn that puts a key twice).
+    /// Answers in the order of `puts`.
+    pub fn put_many(
+        &mut self,
+        main: i64,
+        puts: &[(i64, PutRequest)],
+    ) -> Result<Vec<(PutResponse, Event)>, MvccError> {
+        if puts
+            .iter()
+            .any(|(_, put)| (put.ignore_value || put.ignore_lease) && !self.is_live(&put.key))
+        {
+            return Err(MvccError::KeyNotFound);
+        }
+        let mut out = Vec::with_capacity(puts.len());
+        for (sub, put) in puts {
+            out.push(self.put(main, *sub, put)?);
+        }
+        Ok(out)
+    }
+
     /// Delete every live key in the range at (main, first_sub), (main, first_sub + 1), ... in key
     /// order. Deleting nothing changes nothing.
     pub fn delete_range(
