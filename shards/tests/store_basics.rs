@@ -586,7 +586,10 @@ fn put_many_writes_each_key_at_its_sub_revision() {
     let mut store = MvccStore::new();
     store.put(2, 0, &put("b", "old")).unwrap();
     let done = store
-        .put_many(3, &[(1, put("a", "1")), (4, put("b", "2")), (7, put("c", "3"))])
+        .put_many(
+            3,
+            &[(1, put("a", "1")), (4, put("b", "2")), (7, put("c", "3"))],
+        )
         .unwrap();
     let subs: Vec<i64> = done.iter().map(|(_, event)| event.sub_revision).collect();
     assert_eq!(subs, vec![1, 4, 7]);

@@ -1137,9 +1137,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                     (outcome.events, WriteResponse::Txn(outcome.response))
                 }
                 Reply::Spread(count, replies) => {
-                    let (responses, events) = gather_puts(count, replies)
-                        .await?
-                        .map_err(failed)?;
+                    let (responses, events) = gather_puts(count, replies).await?.map_err(failed)?;
                     let responses = responses.into_iter().map(ResponseOp::Put).collect();
                     let response = TxnResponse {
                         succeeded: true,

@@ -203,7 +203,12 @@ impl<S: Storage> Shard<S> {
     }
 
     /// `record` for events that are not in one slice (they come paired with responses).
-    fn record_each<'a>(&mut self, index: u64, revision: i64, events: impl Iterator<Item = &'a Event>) {
+    fn record_each<'a>(
+        &mut self,
+        index: u64,
+        revision: i64,
+        events: impl Iterator<Item = &'a Event>,
+    ) {
         match &mut self.pending {
             Some((held, _, list)) if *held == index => list.extend(events.cloned()),
             _ => {
