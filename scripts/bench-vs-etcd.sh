@@ -13,8 +13,9 @@
 #                        process and are refused with N > 1; the report goes to
 #                        docs/benchmarks-<N>-members.md unless --out says otherwise
 #   --runs R             runs per server and workload (default 3; 1 with --quick)
-#   --workloads LIST     comma-separated subset of: put-1 put-1000 txn-put range-l range-s
-#                        watch-lat lease-ka memory recovery (default: all)
+#   --workloads LIST     comma-separated subset of: put-1 put-1000 txn-put txn-10 txn-100
+#                        txn-100-1 range-l range-s watch-lat lease-ka memory recovery
+#                        (default: all)
 #   --scale F            multiply the totals of put-1000, txn-put, range-*, lease-ka by F
 #                        (e.g. 0.3 to fit a time budget; put-1 and watch-lat are short anyway)
 #   --mem-keys N         keys loaded for memory/recovery (default 1000000; 100000 with --quick)
@@ -51,7 +52,7 @@ members=1
 
 quick=0
 runs=""
-workloads="put-1,put-1000,txn-put,range-l,range-s,watch-lat,lease-ka,memory,recovery"
+workloads="put-1,put-1000,txn-put,txn-10,txn-100,txn-100-1,range-l,range-s,watch-lat,lease-ka,memory,recovery"
 scale=1
 mem_keys=""
 mem_runs=1
@@ -157,7 +158,7 @@ for w in "${_wl[@]}"; do
     range) want[range-l]=1; want[range-s]=1; continue ;;
   esac
   case "$w" in
-    put-1|put-1000|txn-put|range-l|range-s|watch-lat|lease-ka|memory|recovery) want[$w]=1 ;;
+    put-1|put-1000|txn-put|txn-10|txn-100|txn-100-1|range-l|range-s|watch-lat|lease-ka|memory|recovery) want[$w]=1 ;;
     "") ;;
     *) die "unknown workload '$w'" ;;
   esac
@@ -167,12 +168,15 @@ has() { [ -n "${want[$1]:-}" ]; }
 if [ "$quick" = 1 ]; then
   : "${runs:=1}"; : "${mem_keys:=100000}"
   T_PUT1=300; T_PUTN=10000; T_TXN=5000; T_RANGE=10000; RANGE_PRELOAD=20000
+  T_TXN10=500; T_TXN100=100; T_TXN100_1=50
   T_WATCH=1000; T_LEASE=5000
   mode=quick
 else
   : "${runs:=3}"; : "${mem_keys:=1000000}"
   # The totals of benchmarks.md.
   T_PUT1=2000; T_PUTN=100000; T_TXN=50000; T_RANGE=100000; RANGE_PRELOAD=100000
+  # txn-10 / txn-100 as benchmarks.md has them; txn-100-1 is one client sending 100-put txns.
+  T_TXN10=2000; T_TXN100=200; T_TXN100_1=200
   T_WATCH=10000; T_LEASE=50000
   mode=full
 fi
@@ -181,6 +185,7 @@ scaled() { python3 -c "import sys; print(max(1, int(round(int(sys.argv[1]) * flo
 if [ "$scale" != 1 ]; then
   # put-1 and watch-lat are bounded by fsync / the put rate (seconds each): not scaled
   T_PUTN=$(scaled $T_PUTN); T_TXN=$(scaled $T_TXN)
+  T_TXN10=$(scaled $T_TXN10); T_TXN100=$(scaled $T_TXN100); T_TXN100_1=$(scaled $T_TXN100_1)
   T_RANGE=$(scaled $T_RANGE); T_LEASE=$(scaled $T_LEASE)
   mode="$mode, totals ×$scale"
 fi
@@ -736,6 +741,18 @@ fi
 if has txn-put; then
   log "txn-put"
   each simple txn-put --conns=100 --clients=1000 txn-put --total="$T_TXN" "${PUT_COMMON[@]}"
+fi
+if has txn-10; then
+  log "txn-10"
+  each simple txn-10 --conns=50 --clients=200 txn-put --txn-ops=10 --total="$T_TXN10" "${PUT_COMMON[@]}"
+fi
+if has txn-100; then
+  log "txn-100"
+  each simple txn-100 --conns=50 --clients=200 txn-put --txn-ops=100 --total="$T_TXN100" "${PUT_COMMON[@]}"
+fi
+if has txn-100-1; then
+  log "txn-100-1"
+  each simple txn-100-1 --conns=1 --clients=1 txn-put --txn-ops=100 --total="$T_TXN100_1" "${PUT_COMMON[@]}"
 fi
 if has range-l || has range-s; then
   log "range (preload $RANGE_PRELOAD keys, then range-l / range-s)"

@@ -1017,6 +1017,73 @@ fn txn_branches_and_their_responses() {
     });
 }
 
+/// A txn's puts reach each shard as one message (its share): the answers must still come back
+/// in op order, each with its own key's previous version, on the pipelined path (no compares)
+/// and on the general one (a compare, and reads between runs of puts that must see the txn's
+/// earlier writes).
+#[test]
+fn multi_key_txn_answers_in_op_order() {
+    each_shards(|shards| async move {
+        let srv = Server::start(shards);
+        let mut c = srv.client().await;
+        for i in 0..12 {
+            c.put(&format!("s/{i:02}"), &format!("old{i}")).await;
+        }
+        let with_prev = |key: String, value: &str| {
+            ops::put_req(pb::PutRequest {
+                key: b(&key),
+                value: b(value),
+                prev_kv: true,
+                ..Default::default()
+            })
+        };
+        // Pipelined path: no compares, only puts, keys on every shard, in reverse key order.
+        let puts: Vec<_> = (0..12)
+            .rev()
+            .map(|i| with_prev(format!("s/{i:02}"), "new"))
+            .collect();
+        let r = c.txn(ops::txn_req(vec![], puts, vec![])).await;
+        let rev = r.header.unwrap().revision;
+        for (position, i) in (0..12).rev().enumerate() {
+            let prev = ops::as_put(&r.responses[position])
+                .prev_kv
+                .as_ref()
+                .unwrap();
+            assert_eq!(prev.key, b(&format!("s/{i:02}")));
+            assert_eq!(prev.value, b(&format!("old{i}")));
+        }
+        // General path: a compare that holds, puts, a read of the first puts, more puts.
+        let mut success: Vec<_> = (0..6).map(|i| with_prev(format!("t/{i}"), "a")).collect();
+        success.push(ops::range(pb::RangeRequest {
+            key: b("t/"),
+            range_end: b("t0"),
+            ..Default::default()
+        }));
+        success.extend((6..12).map(|i| with_prev(format!("s/{i:02}"), "b")));
+        let r = c
+            .txn(ops::txn_req(
+                vec![ops::cmp("s/00", "", R::Equal, Operand::Value("new".into()))],
+                success,
+                vec![],
+            ))
+            .await;
+        assert!(r.succeeded);
+        assert_eq!(r.header.unwrap().revision, rev + 1);
+        assert!((0..6).all(|i| ops::as_put(&r.responses[i]).prev_kv.is_none()));
+        let read = ops::as_range(&r.responses[6]);
+        assert_eq!(read.count, 6);
+        assert!(read.kvs.iter().all(|kv| kv.mod_revision == rev + 1));
+        for (position, i) in (6..12).enumerate() {
+            let prev = ops::as_put(&r.responses[7 + position])
+                .prev_kv
+                .as_ref()
+                .unwrap();
+            assert_eq!(prev.key, b(&format!("s/{i:02}")));
+            assert_eq!((prev.value.clone(), prev.mod_revision), (b("new"), rev));
+        }
+    });
+}
+
 #[test]
 fn nested_txns() {
     each_shards(|shards| async move {

@@ -1,5 +1,6 @@
-//! criterion benches of one shard's hot loops: put, point get, a 100-key range, compaction,
-//! segment append and recovery.
+//! criterion benches of one shard's hot loops: put, one shard's share of a multi-shard txn
+//! (`put_many` and its segment record), point get, a 100-key range, compaction, segment
+//! append and recovery.
 //!
 //! Recovery replays 10,000 keys by default so `cargo bench --no-run` and quick runs stay cheap;
 //! `RUSD_BENCH_RECOVERY_KEYS=1000000 cargo bench -p rusd-bench --bench shards recovery` gives
@@ -54,6 +55,61 @@ fn put(c: &mut Criterion) {
                 ..PutRequest::default()
             };
             black_box(store.put(revision, 0, &request).unwrap());
+        });
+    });
+    group.finish();
+}
+
+/// One shard's share of a 100-put txn on two shards: 50 puts at one revision in one step, and
+/// the entry's segment record, as the shard worker runs a `ShardMsg::Puts`.
+fn txn_share(c: &mut Criterion) {
+    const PUTS: u64 = 50;
+    let mut group = c.benchmark_group("txn_share");
+    group.throughput(Throughput::Elements(PUTS));
+    let payload = value(4, VALUE_BYTES);
+    group.bench_function("put_many_50_into_100k", |b| {
+        let mut store = loaded_store(100_000);
+        let mut revision = 200_000i64;
+        b.iter(|| {
+            revision += 1;
+            let puts: Vec<(i64, PutRequest)> = (0..PUTS)
+                .map(|i| {
+                    let request = PutRequest {
+                        key: key((revision as u64 * PUTS + i) % 100_000),
+                        value: payload.clone(),
+                        ..PutRequest::default()
+                    };
+                    (2 * i as i64, request)
+                })
+                .collect();
+            black_box(store.put_many(revision, &puts).unwrap());
+        });
+    });
+    group.bench_function("put_many_50_and_segment_record", |b| {
+        let (mut log, mut store, _) = SegmentLog::open(MemStorage::new(), 64 << 20).unwrap();
+        let mut raft_index = 0u64;
+        b.iter(|| {
+            raft_index += 1;
+            let revision = raft_index as i64 + 1;
+            let puts: Vec<(i64, PutRequest)> = (0..PUTS)
+                .map(|i| {
+                    let request = PutRequest {
+                        key: key((raft_index * PUTS + i) % 100_000),
+                        value: payload.clone(),
+                        ..PutRequest::default()
+                    };
+                    (2 * i as i64, request)
+                })
+                .collect();
+            let done = store.put_many(revision, &puts).unwrap();
+            let events: Vec<_> = done.into_iter().map(|(_, event)| event).collect();
+            log.append(raft_index, revision, &events).unwrap();
+            if raft_index % 1_000 == 0 {
+                // Keeps the in-memory files from growing without bound across samples.
+                log.sync().unwrap();
+                store.compact(revision);
+                while log.compact_step(&store, u64::MAX).unwrap() {}
+            }
         });
     });
     group.finish();
@@ -205,6 +261,7 @@ fn recovery(c: &mut Criterion) {
 criterion_group!(
     benches,
     put,
+    txn_share,
     point_get,
     range_100,
     compaction,

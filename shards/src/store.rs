@@ -65,15 +65,20 @@ impl Entry {
     }
 
     fn key_value(&self, key: &[u8], with_value: bool) -> KeyValue {
+        self.key_value_shared(&Bytes::copy_from_slice(key), with_value)
+    }
+
+    /// `key_value` with a key the caller already holds as `Bytes` (shared, not copied).
+    fn key_value_shared(&self, key: &Bytes, with_value: bool) -> KeyValue {
         if self.is_tombstone() {
             return KeyValue {
-                key: Bytes::copy_from_slice(key),
+                key: key.clone(),
                 mod_revision: self.main,
                 ..KeyValue::default()
             };
         }
         KeyValue {
-            key: Bytes::copy_from_slice(key),
+            key: key.clone(),
             create_revision: self.create_revision,
             mod_revision: self.main,
             version: i64::from(self.version),
@@ -97,6 +102,23 @@ impl Entry {
                 .as_ref()
                 .map_or(0, |value| value.len() + VALUE_HEADER_BYTES)
     }
+}
+
+/// Appends a version to a key's history.
+fn push_version(entries: &mut Box<[Entry]>, entry: Entry) {
+    let last = entries.last().expect("a key in the map has a history");
+    assert!(
+        last.revision() < entry.revision(),
+        "revisions of a key only grow"
+    );
+    let mut grown = std::mem::take(entries).into_vec();
+    // Exact growth keeps the common short histories tight; long ones grow geometrically so
+    // that a hot key does not copy its history on every write.
+    if grown.len() < 8 {
+        grown.reserve_exact(1);
+    }
+    grown.push(entry);
+    *entries = grown.into_boxed_slice();
 }
 
 /// The newest entry of `entries` at or below `revision`, if it is a live version.
@@ -357,37 +379,32 @@ impl MvccStore {
         }
     }
 
-    fn push_entry(&mut self, key: &[u8], entry: Entry) {
+    /// The checks every write makes: revisions only grow, and never reach into compacted
+    /// history.
+    fn check_write(&self, main: i64) {
         assert!(
-            entry.main >= self.last_revision,
-            "write at revision {} after {}",
-            entry.main,
+            main >= self.last_revision,
+            "write at revision {main} after {}",
             self.last_revision
         );
         assert!(
-            entry.main > self.compact_revision,
-            "write at revision {} at or below compaction",
-            entry.main
+            main > self.compact_revision,
+            "write at revision {main} at or below compaction"
         );
+    }
+
+    fn push_entry(&mut self, key: &[u8], entry: Entry) {
+        self.check_write(entry.main);
         let new_live = !entry.is_tombstone();
         self.approximate_bytes += entry.footprint();
         self.last_revision = entry.main;
         match self.keys.get_mut(key) {
             Some(entries) => {
-                let last = entries.last().expect("a key in the map has a history");
-                assert!(
-                    last.revision() < entry.revision(),
-                    "revisions of a key only grow"
-                );
-                let was_live = !last.is_tombstone();
-                let mut grown = std::mem::take(entries).into_vec();
-                // Exact growth keeps the common short histories tight; long ones grow
-                // geometrically so that a hot key does not copy its history on every write.
-                if grown.len() < 8 {
-                    grown.reserve_exact(1);
-                }
-                grown.push(entry);
-                *entries = grown.into_boxed_slice();
+                let was_live = !entries
+                    .last()
+                    .expect("a key in the map has a history")
+                    .is_tombstone();
+                push_version(entries, entry);
                 match (was_live, new_live) {
                     (false, true) => self.live_keys += 1,
                     (true, false) => self.live_keys -= 1,
@@ -407,6 +424,10 @@ impl MvccStore {
     }
 
     /// Put `req` at (main, sub).
+    ///
+    /// One B-tree search for a key that exists (its history is found once and grown in place),
+    /// two for a new key: the search is the main cost of a put in a large store, since every
+    /// comparison follows a boxed key.
     pub fn put(
         &mut self,
         main: i64,
@@ -414,9 +435,10 @@ impl MvccStore {
         req: &PutRequest,
     ) -> Result<(PutResponse, Event), MvccError> {
         let sub = u32::try_from(sub).expect("sub-revision fits in 32 bits");
-        let previous = self
-            .keys
-            .get(req.key.as_ref())
+        self.check_write(main);
+        let history = self.keys.get_mut(req.key.as_ref());
+        let previous = history
+            .as_deref()
             .and_then(|entries| newest_live(entries))
             .cloned();
         if (req.ignore_value || req.ignore_lease) && previous.is_none() {
@@ -447,9 +469,30 @@ impl MvccStore {
                     .expect("version of a key fits in 32 bits")
             }),
         };
-        let kv = entry.key_value(&req.key, true);
-        self.push_entry(&req.key, entry);
-        let prev_kv = previous.map(|previous| previous.key_value(&req.key, true));
+        // One copy of the key for the event's two key-values. A copy, not the request's bytes:
+        // those are a slice of the whole raft entry, which a key kept by a lease would pin.
+        let key = Bytes::copy_from_slice(&req.key);
+        let kv = entry.key_value_shared(&key, true);
+        let prev_kv = previous
+            .as_ref()
+            .map(|previous| previous.key_value_shared(&key, true));
+        self.approximate_bytes += entry.footprint();
+        self.last_revision = main;
+        match history {
+            Some(entries) => {
+                // A key with a history but no live version (deleted) comes back to life.
+                if previous.is_none() {
+                    self.live_keys += 1;
+                }
+                push_version(entries, entry);
+            }
+            None => {
+                self.approximate_bytes += req.key.len() + KEY_OVERHEAD_BYTES;
+                self.keys
+                    .insert(req.key.as_ref().into(), vec![entry].into_boxed_slice());
+                self.live_keys += 1;
+            }
+        }
         let response = PutResponse {
             prev_kv: if req.prev_kv { prev_kv.clone() } else { None },
         };
@@ -462,6 +505,29 @@ impl MvccStore {
                 sub_revision: i64::from(sub),
             },
         ))
+    }
+
+    /// Puts several keys at one main revision, each at its own sub-revision: one shard's share
+    /// of a multi-shard txn, applied as one step instead of one message per put. Every put is
+    /// checked against the state before the first one is written, so it writes all or nothing
+    /// (the keys are distinct: etcd's request validation refuses a txn that puts a key twice).
+    /// Answers in the order of `puts`.
+    pub fn put_many(
+        &mut self,
+        main: i64,
+        puts: &[(i64, PutRequest)],
+    ) -> Result<Vec<(PutResponse, Event)>, MvccError> {
+        if puts
+            .iter()
+            .any(|(_, put)| (put.ignore_value || put.ignore_lease) && !self.is_live(&put.key))
+        {
+            return Err(MvccError::KeyNotFound);
+        }
+        let mut out = Vec::with_capacity(puts.len());
+        for (sub, put) in puts {
+            out.push(self.put(main, *sub, put)?);
+        }
+        Ok(out)
     }
 
     /// Delete every live key in the range at (main, first_sub), (main, first_sub + 1), ... in key

@@ -580,3 +580,42 @@ fn store_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<MvccStore>();
 }
+
+#[test]
+fn put_many_writes_each_key_at_its_sub_revision() {
+    let mut store = MvccStore::new();
+    store.put(2, 0, &put("b", "old")).unwrap();
+    let done = store
+        .put_many(
+            3,
+            &[(1, put("a", "1")), (4, put("b", "2")), (7, put("c", "3"))],
+        )
+        .unwrap();
+    let subs: Vec<i64> = done.iter().map(|(_, event)| event.sub_revision).collect();
+    assert_eq!(subs, vec![1, 4, 7]);
+    // The event of an overwritten key carries its previous version, as a single put's does.
+    assert_eq!(done[1].1.prev_kv.as_ref().unwrap().value, b("old"));
+    assert!(done[0].1.prev_kv.is_none());
+    let response = store.range(&all(), 3).unwrap();
+    assert_eq!(keys(&response), vec!["a", "b", "c"]);
+    assert!(response.kvs.iter().all(|kv| kv.mod_revision == 3));
+    assert_eq!(response.kvs[1].version, 2);
+    assert_eq!(response.kvs[1].create_revision, 2);
+    assert_eq!(store.last_revision(), 3);
+}
+
+#[test]
+fn put_many_with_a_put_that_needs_a_missing_key_writes_nothing() {
+    let mut store = MvccStore::new();
+    store.put(2, 0, &put("a", "1")).unwrap();
+    let needs_key = PutRequest {
+        ignore_value: true,
+        ..put("missing", "")
+    };
+    let result = store.put_many(3, &[(0, put("a", "2")), (1, needs_key)]);
+    assert!(matches!(result, Err(MvccError::KeyNotFound)));
+    // The first put, checked before any write, did not happen either.
+    let kv = &store.range(&get("a"), 0).unwrap().kvs[0];
+    assert_eq!((kv.value.clone(), kv.mod_revision), (b("1"), 2));
+    assert_eq!(store.last_revision(), 2);
+}

@@ -69,7 +69,13 @@ enum Pipelined {
     Put(shards::PutRequest),
     /// A single-shard txn, and its shard.
     Txn(usize, TxnRequest),
+    /// A txn without compares whose ops are plain puts on several shards: each shard gets its
+    /// share in one `ShardMsg::Puts`.
+    Spread(TxnRequest),
 }
+
+/// The replies of one multi-shard run of puts: one receiver per shard involved.
+type PutsReplies = Vec<oneshot::Receiver<Result<Vec<(PutResponse, Event)>, shards::MvccError>>>;
 
 pub struct ApplierConfig {
     pub member_id: u64,
@@ -1049,6 +1055,9 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                         && (t.compare.is_empty() || only_plain_puts(&t.failure));
                     match single_shard_of_txn(&t, &self.shards) {
                         Some(shard) if certain => Pipelined::Txn(shard, t),
+                        // Several shards: certain only without compares (the success branch),
+                        // since each shard sees only its own keys.
+                        None if certain && t.compare.is_empty() => Pipelined::Spread(t),
                         _ => break,
                     }
                 }
@@ -1063,6 +1072,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         enum Reply {
             Put(oneshot::Receiver<Result<(PutResponse, Event), shards::MvccError>>),
             Txn(oneshot::Receiver<Result<shards::TxnOutcome, shards::MvccError>>),
+            Spread(usize, PutsReplies),
         }
         let mut pending = Vec::with_capacity(run.len());
         for (index, id, item) in run {
@@ -1093,6 +1103,19 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                     self.shards.send(shard, msg).await?;
                     Reply::Txn(rx)
                 }
+                Pipelined::Spread(req) => {
+                    let puts: Vec<(i64, shards::PutRequest)> = req
+                        .success
+                        .into_iter()
+                        .enumerate()
+                        .map(|(sub, op)| match op {
+                            RequestOp::Put(p) => (sub as i64, p),
+                            _ => unreachable!("pipeline_run takes txns of puts only"),
+                        })
+                        .collect();
+                    let count = puts.len();
+                    Reply::Spread(count, self.send_puts(index, main, puts).await?)
+                }
             };
             pending.push((index, id, main, reply));
         }
@@ -1113,6 +1136,15 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                     );
                     (outcome.events, WriteResponse::Txn(outcome.response))
                 }
+                Reply::Spread(count, replies) => {
+                    let (responses, events) = gather_puts(count, replies).await?.map_err(failed)?;
+                    let responses = responses.into_iter().map(ResponseOp::Put).collect();
+                    let response = TxnResponse {
+                        succeeded: true,
+                        responses,
+                    };
+                    (events, WriteResponse::Txn(response))
+                }
             };
             self.count_events(&events);
             self.leases.observe(&events);
@@ -1126,6 +1158,37 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             }
         }
         Ok(())
+    }
+
+    /// Sends puts of one entry at `main` (each with its sub-revision) to their shards, one
+    /// `ShardMsg::Puts` per shard involved, without waiting for the answers (`gather_puts`).
+    async fn send_puts(
+        &self,
+        index: u64,
+        main: i64,
+        puts: Vec<(i64, shards::PutRequest)>,
+    ) -> anyhow::Result<PutsReplies> {
+        let mut per_shard: Vec<Vec<(i64, shards::PutRequest)>> =
+            (0..self.shards.len()).map(|_| Vec::new()).collect();
+        for (sub, put) in puts {
+            per_shard[self.shards.owner(&put.key)].push((sub, put));
+        }
+        let mut replies = Vec::new();
+        for (shard, puts) in per_shard.into_iter().enumerate() {
+            if puts.is_empty() {
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            let msg = ShardMsg::Puts {
+                index,
+                main,
+                puts,
+                reply,
+            };
+            self.shards.send(shard, msg).await?;
+            replies.push(rx);
+        }
+        Ok(replies)
     }
 
     /// Applies one entry; returns the request ID and the answer for its proposer, if any.
@@ -1404,22 +1467,23 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             let owner = self.shards.owner(&key);
             per_shard[owner].push((key, first_sub + i as i64));
         }
-        let mut prev_kvs = Vec::new();
-        let mut new_events = Vec::new();
-        for (shard, keys) in per_shard.into_iter().enumerate() {
-            if keys.is_empty() {
-                continue;
-            }
-            let index = self.applying_index;
-            let (prev, evs) = self
-                .shards
-                .call(shard, |reply| ShardMsg::DeleteKeys {
+        // The shards delete their shares concurrently.
+        let index = self.applying_index;
+        let calls = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(shard, keys)| {
+                self.shards.call(shard, move |reply| ShardMsg::DeleteKeys {
                     index,
                     main,
                     keys,
                     reply,
                 })
-                .await?;
+            });
+        let mut prev_kvs = Vec::new();
+        let mut new_events = Vec::new();
+        for (prev, evs) in futures::future::try_join_all(calls).await? {
             prev_kvs.extend(prev);
             new_events.extend(evs);
         }
@@ -1478,25 +1542,42 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         Ok(Ok(resp))
     }
 
+    /// Whether every compare holds. Each shard gets the compares that touch it in one message,
+    /// and the shards answer concurrently (compares only read, so evaluating all of them is
+    /// the same as stopping at the first that fails).
     async fn eval_compares(&self, compares: &[Compare]) -> anyhow::Result<bool> {
-        for c in compares {
-            let mut outcomes = Vec::new();
+        if compares.is_empty() {
+            return Ok(true);
+        }
+        let mut per_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, c) in compares.iter().enumerate() {
             for shard in self.shards.shards_for(&c.key, &c.range_end) {
-                let one = vec![c.clone()];
-                let mut r = self
-                    .shards
-                    .call(shard, |reply| ShardMsg::Compare {
-                        compares: one,
-                        reply,
-                    })
-                    .await?;
-                outcomes.push(r.remove(0));
-            }
-            if !combine_compare(c, &outcomes) {
-                return Ok(false);
+                per_shard[shard].push(i);
             }
         }
-        Ok(true)
+        let calls = per_shard
+            .iter()
+            .enumerate()
+            .filter(|(_, which)| !which.is_empty())
+            .map(|(shard, which)| {
+                let part: Vec<Compare> = which.iter().map(|&i| compares[i].clone()).collect();
+                self.shards.call(shard, move |reply| ShardMsg::Compare {
+                    compares: part,
+                    reply,
+                })
+            });
+        let answers = futures::future::try_join_all(calls).await?;
+        let mut outcomes: Vec<Vec<shards::CompareOutcome>> = vec![Vec::new(); compares.len()];
+        let touched = per_shard.iter().filter(|which| !which.is_empty());
+        for (which, answer) in touched.zip(answers) {
+            for (&i, outcome) in which.iter().zip(answer) {
+                outcomes[i].push(outcome);
+            }
+        }
+        Ok(compares
+            .iter()
+            .zip(&outcomes)
+            .all(|(c, outcomes)| combine_compare(c, outcomes)))
     }
 
     /// The branch taken by the txn and by each nested txn on the taken path, in visiting order.
@@ -1558,7 +1639,37 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         *cursor += 1;
         let ops = if succeeded { &t.success } else { &t.failure };
         let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
+        let mut next = 0;
+        while next < ops.len() {
+            // A run of puts goes to the shards at once, one message per shard: they touch
+            // distinct keys (etcd refuses a txn that writes a key twice), so their order between
+            // shards does not matter, only their sub-revisions.
+            let run = ops[next..]
+                .iter()
+                .take_while(|op| matches!(op, RequestOp::Put(_)))
+                .count();
+            if run > 1 {
+                let first_sub = *sub;
+                let puts = ops[next..next + run]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, op)| match op {
+                        RequestOp::Put(p) => (first_sub + i as i64, p.clone()),
+                        _ => unreachable!("a run of puts"),
+                    })
+                    .collect();
+                let replies = self.send_puts(self.applying_index, main, puts).await?;
+                let (done, evs) = gather_puts(run, replies)
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("txn put after checks: {e}"))?;
+                *sub += run as i64;
+                events.extend(evs);
+                responses.extend(done.into_iter().map(ResponseOp::Put));
+                next += run;
+                continue;
+            }
+            let op = &ops[next];
+            next += 1;
             let r = match op {
                 RequestOp::Range(r) => {
                     // Reads inside a txn see the txn's own earlier writes.
@@ -1603,6 +1714,28 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             responses,
         })
     }
+}
+
+/// Waits for the answers of `send_puts` (`count` puts in all) and puts them back in
+/// sub-revision order: the responses, and the events. The outer error is fatal (a shard
+/// stopped); the inner one is a put a shard refused.
+async fn gather_puts(
+    count: usize,
+    replies: PutsReplies,
+) -> anyhow::Result<Result<(Vec<PutResponse>, Vec<Event>), shards::MvccError>> {
+    let mut done = Vec::with_capacity(count);
+    for rx in replies {
+        match rx
+            .await
+            .map_err(|_| anyhow::anyhow!("a shard worker stopped"))?
+        {
+            Ok(part) => done.extend(part),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    done.sort_unstable_by_key(|(_, event)| event.sub_revision);
+    let (responses, events) = done.into_iter().unzip();
+    Ok(Ok((responses, events)))
 }
 
 /// The keys of the taken path's puts that need an existing key, and the leases its puts name.

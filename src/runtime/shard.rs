@@ -26,6 +26,15 @@ pub enum ShardMsg {
         req: PutRequest,
         reply: oneshot::Sender<Result<(PutResponse, Event), MvccError>>,
     },
+    /// Several puts of one raft entry at one main revision, each at its sub-revision: this
+    /// shard's share of a multi-shard txn in one message, written all or nothing
+    /// (`MvccStore::put_many`). Answers in the order of `puts`.
+    Puts {
+        index: u64,
+        main: i64,
+        puts: Vec<(i64, PutRequest)>,
+        reply: oneshot::Sender<Result<Vec<(PutResponse, Event)>, MvccError>>,
+    },
     DeleteRange {
         index: u64,
         main: i64,
@@ -193,6 +202,26 @@ impl<S: Storage> Shard<S> {
         }
     }
 
+    /// `record` for events that are not in one slice (they come paired with responses).
+    fn record_each<'a>(
+        &mut self,
+        index: u64,
+        revision: i64,
+        events: impl Iterator<Item = &'a Event>,
+    ) {
+        match &mut self.pending {
+            Some((held, _, list)) if *held == index => list.extend(events.cloned()),
+            _ => {
+                let list: Vec<Event> = events.cloned().collect();
+                if list.is_empty() {
+                    return;
+                }
+                self.flush();
+                self.pending = Some((index, revision, list));
+            }
+        }
+    }
+
     fn flush(&mut self) {
         if let Some((index, revision, events)) = self.pending.take() {
             let result = self.log.append(index, revision, &events);
@@ -354,6 +383,18 @@ pub fn handle<S: Storage>(shard: &mut Shard<S>, msg: ShardMsg) {
             let result = store.put(main, sub, &req);
             if let Ok((_, event)) = &result {
                 shard.record(index, main, std::slice::from_ref(event));
+            }
+            let _ = reply.send(result);
+        }
+        ShardMsg::Puts {
+            index,
+            main,
+            puts,
+            reply,
+        } => {
+            let result = store.put_many(main, &puts);
+            if let Ok(done) = &result {
+                shard.record_each(index, main, done.iter().map(|(_, event)| event));
             }
             let _ = reply.send(result);
         }
