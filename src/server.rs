@@ -306,6 +306,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("rusd-core-{core}"))
             .io_memory(runtime::IO_MEMORY_BYTES)
+            .preempt_timer(runtime::PREEMPT_TIMER)
             .spawn(move || async move {
                 glommio::spawn_local(runtime::shard::run(rx, shard_state)).detach();
                 if let Some(parts) = parts {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use shards::{Event, EventKind};
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{select, Either};
 
@@ -485,7 +485,7 @@ pub async fn run<C: Clock>(
         if now >= next_catch_up || now >= next_progress {
             let notify = now >= next_progress;
             if notify {
-                next_progress = now + progress_interval;
+                next_progress = next_tick(next_progress, progress_interval, now);
             }
             if hub.watcher_count() > 0 {
                 hub.tick(&shards, current, published.compact_revision(), notify)
@@ -494,6 +494,24 @@ pub async fn run<C: Clock>(
             next_catch_up = now + CATCH_UP_INTERVAL;
         }
     }
+}
+
+/// The first tick of a fixed-rate schedule (`last`, `last + interval`, ...) after `now`. Ticks
+/// keep to the schedule as etcd's ticker does: one that ran late does not push every later one
+/// back (counting from the late run made each interval as long as the interval plus the
+/// lateness), and ticks missed altogether are skipped rather than sent in a burst.
+fn next_tick(last: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = last + interval;
+    if next > now {
+        return next;
+    }
+    let behind = (now - last).as_nanos() / interval.as_nanos().max(1);
+    let ticks = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+    interval
+        .checked_mul(ticks)
+        .and_then(|d| last.checked_add(d))
+        .filter(|t| *t > now)
+        .unwrap_or(now + interval)
 }
 
 impl WatchHub {
@@ -566,6 +584,20 @@ async fn history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_ticks_keep_a_fixed_rate() {
+        let start = Instant::now();
+        let interval = Duration::from_millis(100);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // A tick that ran 30 ms late keeps the next one on the schedule.
+        assert_eq!(next_tick(at(100), interval, at(130)), at(200));
+        // On time.
+        assert_eq!(next_tick(at(100), interval, at(100)), at(200));
+        // Ticks missed altogether are skipped, not sent in a burst.
+        assert_eq!(next_tick(at(100), interval, at(350)), at(400));
+        assert_eq!(next_tick(at(100), interval, at(400)), at(500));
+    }
 
     #[test]
     fn ranges_follow_etcd_rules() {

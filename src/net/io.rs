@@ -91,7 +91,9 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
     }
 }
 
-/// hyper's executor for connection-level tasks (h2 streams): they stay on the accepting core.
+/// hyper's executor for connection-level tasks (h2 streams): they stay on the accepting core,
+/// each in its core's request queue (glommio's default queue), except a stream marked urgent
+/// (`mark_next_stream_urgent`: watches), which runs in the connection queue.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LocalExec;
 
@@ -100,6 +102,53 @@ where
     F: std::future::Future + 'static,
 {
     fn execute(&self, fut: F) {
-        glommio::spawn_local(fut).detach();
+        let urgent = NEXT_STREAM_IS_URGENT.with(|u| u.replace(false));
+        let queue = if urgent {
+            connection_queue()
+        } else {
+            glommio::TaskQueueHandle::default()
+        };
+        glommio::spawn_local_into(fut, queue)
+            .expect("this core's task queues exist")
+            .detach();
     }
+}
+
+/// How soon the connection queue runs once it has work (glommio preempts other queues at
+/// their next task boundary after this).
+pub const CONNECTION_LATENCY: std::time::Duration = std::time::Duration::from_millis(1);
+
+thread_local! {
+    static CONNECTION_QUEUE: std::cell::Cell<Option<glommio::TaskQueueHandle>> =
+        const { std::cell::Cell::new(None) };
+    static NEXT_STREAM_IS_URGENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This core's queue for client connections (the tasks that read and write the sockets, h2's
+/// framing) and watch streams, apart from the request queue where other requests do their
+/// work (ranges, encoding of their responses). glommio runs the tasks of one queue in order, so in a
+/// shared queue a watch response, or the connection task that writes it, waited behind every
+/// request task queued before it: with ten 5 MB range responses in progress, up to 100 ms
+/// (etcd's `TestWatchDelayFor*`). Created on first use, once per executor.
+pub fn connection_queue() -> glommio::TaskQueueHandle {
+    CONNECTION_QUEUE.with(|queue| {
+        if let Some(handle) = queue.get() {
+            return handle;
+        }
+        let handle = glommio::executor().create_task_queue(
+            glommio::Shares::Static(1000),
+            glommio::Latency::Matters(CONNECTION_LATENCY),
+            "client-connections",
+        );
+        queue.set(Some(handle));
+        handle
+    })
+}
+
+/// The next h2 stream hyper spawns on this core runs in the connection queue. hyper calls the
+/// service for a new stream and spawns that stream's task right after, on the same thread, so
+/// the service marks a stream it recognises as latency-sensitive while handling its request
+/// head.
+pub fn mark_next_stream_urgent() {
+    NEXT_STREAM_IS_URGENT.with(|u| u.set(true));
 }

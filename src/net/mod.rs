@@ -6,6 +6,7 @@
 //! `https://localhost:2379` together serve plaintext and TLS on one port. The first byte tells
 //! them apart (0x16 starts a TLS handshake).
 
+pub mod fair_body;
 pub mod io;
 pub mod tls;
 
@@ -24,6 +25,7 @@ use hyper_util::server::conn::auto;
 use crate::api::http::Body;
 use crate::api::router::Router;
 use crate::config::Url;
+use fair_body::FairBody;
 use tls::{PeerCommonName, TlsInfo, HANDSHAKE_TIMEOUT};
 
 /// Resolves a listen URL's host the way Go's net.Listen does for the common cases: `localhost`
@@ -276,7 +278,7 @@ pub async fn serve(listener: Listener, serving: Rc<Serving>) {
                         .map(|a| a.to_string())
                         .unwrap_or_default();
                     log_debug!("accepted a client connection", "remote-addr" => remote.clone());
-                    glommio::spawn_local(connection(stream, remote, serving.clone())).detach();
+                    spawn_connection(connection(stream, remote, serving.clone()));
                 }
                 Err(e) => accept_failed(e.into()).await,
             }
@@ -284,12 +286,19 @@ pub async fn serve(listener: Listener, serving: Rc<Serving>) {
         Listener::Unix(l) => loop {
             match l.accept().await {
                 Ok(stream) => {
-                    glommio::spawn_local(connection(stream, "@".into(), serving.clone())).detach();
+                    spawn_connection(connection(stream, "@".into(), serving.clone()));
                 }
                 Err(e) => accept_failed(e.into()).await,
             }
         },
     }
+}
+
+/// A connection's task runs in this core's connection queue (`io::connection_queue` says why).
+fn spawn_connection(connection: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local_into(connection, io::connection_queue())
+        .expect("this core's connection queue exists")
+        .detach();
 }
 
 async fn accept_failed(e: std::io::Error) {
@@ -427,22 +436,41 @@ struct ConnService {
 }
 
 type RouterFuture = <Router as tower_service::Service<http::Request<Incoming>>>::Future;
+type FairResponse = http::Response<FairBody<Body>>;
+type Fair = fn(Result<http::Response<Body>, Infallible>) -> Result<FairResponse, Infallible>;
+
+/// Every response leaves in frame-sized pieces (`fair_body` says why: a small watch response
+/// must not wait for the connection's window behind large range responses).
+fn fair(response: Result<http::Response<Body>, Infallible>) -> Result<FairResponse, Infallible> {
+    response.map(|r| r.map(FairBody::new))
+}
 
 impl hyper::service::Service<http::Request<Incoming>> for ConnService {
-    type Response = http::Response<Body>;
+    type Response = FairResponse;
     type Error = Infallible;
-    type Future = Either<RouterFuture, Ready<Result<http::Response<Body>, Infallible>>>;
+    type Future =
+        Either<futures::future::Map<RouterFuture, Fair>, Ready<Result<FairResponse, Infallible>>>;
 
     fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         if self.metrics_only && !is_metrics_path(req.uri().path()) {
-            return Either::Right(ready(Ok(not_found())));
+            return Either::Right(ready(fair(Ok(not_found()))));
         }
         if let Some(cn) = &self.cn {
             req.extensions_mut().insert(cn.clone());
         }
+        if req.version() == http::Version::HTTP_2 && is_latency_sensitive(req.uri().path()) {
+            io::mark_next_stream_urgent();
+        }
         let mut router = self.router.clone();
-        Either::Left(tower_service::Service::call(&mut router, req))
+        let responded = tower_service::Service::call(&mut router, req);
+        Either::Left(futures::FutureExt::map(responded, fair as Fair))
     }
+}
+
+/// Watch streams (gRPC and the JSON gateway's): their responses must not wait behind other
+/// requests' work (`io::connection_queue`).
+fn is_latency_sensitive(p: &str) -> bool {
+    p == "/etcdserverpb.Watch/Watch" || p == "/v3/watch"
 }
 
 /// The paths etcd's metrics listener serves (`HandleMetrics` and `HandleHealth`).

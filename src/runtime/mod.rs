@@ -72,6 +72,14 @@ pub fn ensure_memlock(executors: usize) -> anyhow::Result<()> {
     }
 }
 
+/// How long an executor runs task queues before it looks at its timers and I/O again (and
+/// switches to a queue that became runnable meanwhile). glommio's default is 100 ms, lowered
+/// only while a latency-sensitive queue has work: a sleeping watch hub or an idle connection
+/// queue did not count, so a busy request queue held back their timer (a progress
+/// notification) or wake-up by up to 100 ms. A task that never awaits still runs to its next
+/// await.
+pub const PREEMPT_TIMER: Duration = Duration::from_millis(2);
+
 /// How often the coordinator's queue may be preempted by other work on core 0.
 pub const COORDINATOR_LATENCY: Duration = Duration::from_millis(1);
 
