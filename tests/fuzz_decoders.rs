@@ -9,9 +9,9 @@
 //!
 //! The gRPC services are fuzzed through the real binary in `tests/fuzz_grpc.rs`.
 //!
-//! Not here yet, because the decoders do not exist: peer (raft transport) messages and bbolt
-//! snapshot input (etcd's `db` files). Each gets a target in this file when it lands, built the
-//! same way: `fuzz_target(name, strategy, property)`.
+//! Also: bbolt input (etcd's `db` files that rusd imports, with page-header damage besides the
+//! byte mutations), etcd WAL entry payloads replayed at import, and the peer protocol (frames
+//! fed in pieces as a socket delivers them, handshakes, raft batches, snapshot chunk streams).
 //!
 //! Budget: by default each target runs `RUSD_FUZZ_CASES` cases (256), which keeps `cargo test`
 //! quick. `RUSD_FUZZ_SECONDS=N` runs each target for N seconds instead (the long-run mode), and
@@ -701,6 +701,264 @@ fn fuzz_failpoint_terms_and_requests() {
         if let Ok(r) = terms::parse_request(&bytes) {
             prop_assert!(r.body.len() <= terms::REQUEST_BODY_BYTES_MAX);
         }
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// bbolt input: etcd's `member/snap/db` (and `etcdutl snapshot restore` output) that rusd imports
+
+/// A small bbolt file as etcd's bbolt lays it out: `buckets` buckets of sorted elements.
+fn bbolt_file(buckets: Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>) -> Vec<u8> {
+    use rusd::etcdfmt::bbolt::{header_pages, TreeWriter, FIRST_DATA_PGID, PAGE_SIZE};
+    let mut out = vec![0u8; FIRST_DATA_PGID as usize * PAGE_SIZE];
+    let mut next = FIRST_DATA_PGID;
+    let mut roots = Vec::new();
+    for (name, mut elements) in buckets {
+        elements.sort();
+        elements.dedup_by(|a, b| a.0 == b.0);
+        let mut sink = |page: &[u8]| out.extend_from_slice(page);
+        let mut tree = TreeWriter::write(next, &mut sink);
+        for (key, value) in &elements {
+            tree.put(key, value.len(), Some(value));
+        }
+        let layout = tree.finish();
+        next += layout.pages;
+        roots.push((name, layout.root));
+    }
+    roots.sort();
+    roots.dedup_by(|a, b| a.0 == b.0);
+    let mut sink = |page: &[u8]| out.extend_from_slice(page);
+    let mut tree = TreeWriter::write(next, &mut sink);
+    for (name, root) in &roots {
+        tree.put_bucket(name, *root);
+    }
+    let root = tree.finish();
+    let header = header_pages(root.root, next + root.pages, 2);
+    out[..header.len()].copy_from_slice(&header);
+    out
+}
+
+fn bbolt_buckets() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>> {
+    let name = prop_oneof![
+        Just(b"key".to_vec()),
+        Just(b"meta".to_vec()),
+        Just(b"lease".to_vec()),
+        Just(b"members".to_vec()),
+        prop::collection::vec(any::<u8>(), 1..8),
+    ];
+    // Enough elements (some large) that trees span several leaf and branch pages.
+    let element = (
+        prop::collection::vec(any::<u8>(), 1..24),
+        prop_oneof![
+            3 => prop::collection::vec(any::<u8>(), 0..64),
+            1 => prop::collection::vec(any::<u8>(), 1000..5000),
+        ],
+    );
+    prop::collection::vec((name, prop::collection::vec(element, 0..120)), 1..4)
+}
+
+/// Pages are 4 KiB, so the byte-level mutations above rarely reach the page headers and
+/// pointers that matter; these hit them directly.
+fn page_mutation() -> impl Strategy<Value = (usize, usize, u64)> {
+    // (page, offset inside the first 64 bytes of the page, value written as u64 LE)
+    (any::<usize>(), 0usize..64, any::<u64>())
+}
+
+#[test]
+fn fuzz_bbolt_input() {
+    use rusd::etcdfmt::bbolt::{Reader, PAGE_SIZE};
+    let valid = (
+        bbolt_buckets(),
+        prop::collection::vec(page_mutation(), 0..4),
+        mutations(),
+    )
+        .prop_map(|(buckets, page_hits, byte_hits)| {
+            let mut file = bbolt_file(buckets);
+            let pages = file.len() / PAGE_SIZE;
+            for (page, offset, value) in page_hits {
+                let at = (page % pages) * PAGE_SIZE + offset;
+                let end = (at + 8).min(file.len());
+                file[at..end].copy_from_slice(&value.to_le_bytes()[..end - at]);
+            }
+            mutate(file, &byte_hits)
+        });
+    let input = prop_oneof![
+        8 => valid,
+        1 => prop::collection::vec(any::<u8>(), 0..3 * 4096),
+    ];
+    fuzz_target("bbolt-input", input, |bytes| {
+        // Every read either fails with an error naming the file or completes; it never
+        // panics, loops or recurses without end (a damaged page may point at itself or at an
+        // ancestor), and never returns more elements than the file can hold.
+        let Ok(reader) = Reader::open(bytes.clone(), "fuzz.db") else {
+            return Ok(());
+        };
+        let Ok(buckets) = reader.buckets() else {
+            return Ok(());
+        };
+        for (_, root) in buckets {
+            let mut seen = 0usize;
+            let walked = reader.walk(&root, &mut |e| {
+                seen += 1;
+                if seen > bytes.len() {
+                    return Err(format!("runaway walk: {seen} elements from {} bytes", bytes.len()));
+                }
+                let _ = (e.key.len(), e.value.len(), e.is_bucket);
+                Ok(())
+            });
+            if let Err(e) = walked {
+                prop_assert!(e.to_string().contains("fuzz.db"), "error without the file: {e}");
+                prop_assert!(
+                    !e.to_string().contains("runaway walk"),
+                    "the walk did not terminate: {e}"
+                );
+            }
+        }
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd's WAL entries replayed at import (InternalRaftRequest payloads from an etcd WAL)
+
+#[test]
+fn fuzz_etcd_wal_entry_payloads() {
+    use raft::eraftpb::{Entry, EntryType};
+    let valid = pb_put().prop_map(|put| {
+        pb::InternalRaftRequest {
+            header: Some(pb::RequestHeader {
+                id: 7,
+                ..Default::default()
+            }),
+            put: Some(put),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    });
+    fuzz_target("etcd-wal-entry-payloads", damaged(valid), |bytes| {
+        let mut entry = Entry::default();
+        entry.set_entry_type(EntryType::EntryNormal);
+        entry.index = 10;
+        entry.term = 2;
+        entry.data = bytes.into();
+        // A payload is translated or refused with an error; never a panic.
+        let _ = rusd::etcdfmt::import::translate(&entry);
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer protocol: the frames a peer (or anything that connects to the peer port) sends
+
+fn peer_frames() -> impl Strategy<Value = Vec<u8>> {
+    use rusd::peer::wire;
+    use rusd::peer::wire::pb as wpb;
+    let raft_message = (any::<u64>(), any::<u64>(), any::<u64>(), small_bytes()).prop_map(
+        |(from, to, index, data)| {
+            let mut m = raft::eraftpb::Message::default();
+            m.from = from;
+            m.to = to;
+            m.index = index;
+            let mut e = raft::eraftpb::Entry::default();
+            e.data = data.to_vec().into();
+            m.entries = vec![e].into();
+            wire::encode_raft_message(&m)
+        },
+    );
+    prop::collection::vec(prop::collection::vec(raft_message, 0..4), 1..4).prop_map(|batches| {
+        let mut out = bytes::BytesMut::new();
+        for messages in batches {
+            let body = wpb::frame::Body::Raft(wpb::RaftBatch {
+                messages: messages.into_iter().collect(),
+            });
+            wire::encode_body(body, 1 << 20, &mut out).unwrap();
+        }
+        out.to_vec()
+    })
+}
+
+#[test]
+fn fuzz_peer_frames() {
+    use rusd::peer::wire::{self, FrameDecoder};
+    const LIMIT: usize = 64 * 1024;
+    fuzz_target("peer-frames", damaged(peer_frames()), |bytes| {
+        let decoder = FrameDecoder::new(LIMIT);
+        // Fed in pieces, as a socket delivers them.
+        let mut buffer = bytes::BytesMut::new();
+        for piece in bytes.chunks(7) {
+            buffer.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buffer) {
+                    Ok(Some(payload)) => {
+                        prop_assert!(payload.len() <= LIMIT, "a frame above the limit");
+                        let _ = wire::decode_handshake(payload.clone());
+                        let _ = wire::decode_handshake_answer(payload.clone());
+                        if let Ok(wire::pb::frame::Body::Raft(batch)) = wire::decode_frame(payload)
+                        {
+                            let _ = wire::decode_raft_batch(batch);
+                        }
+                    }
+                    Ok(None) => break,
+                    // A bad header ends the connection: nothing more is read.
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+        let _ = decoder.check_end(&buffer);
+        Ok(())
+    });
+}
+
+#[test]
+fn fuzz_peer_snapshot_chunks() {
+    use rusd::coordinator::transfer::{Chunk, ImageDecoder, ImageEncoder, SnapshotImage};
+    let valid = (
+        checkpoint_state(),
+        prop::collection::vec(
+            (
+                prop::collection::vec(any::<u8>(), 1..6),
+                prop::collection::vec(any::<u8>(), 0..6),
+            ),
+            0..20,
+        ),
+    )
+        .prop_map(|(state, kvs)| {
+            let events = kvs
+                .iter()
+                .enumerate()
+                .map(|(i, (k, v))| event(k, v, i as i64 + 1, 0))
+                .collect();
+            let mut encoder =
+                ImageEncoder::new(std::rc::Rc::new(SnapshotImage { state, events }));
+            let mut chunks = Vec::new();
+            while let Some(c) = encoder.next_chunk() {
+                chunks.push(c.to_vec());
+            }
+            chunks
+        });
+    let input = (valid, any::<usize>(), mutations()).prop_map(|(original, which, m)| {
+        let mut chunks = original.clone();
+        let i = which % chunks.len();
+        chunks[i] = mutate(std::mem::take(&mut chunks[i]), &m);
+        (original, chunks)
+    });
+    fuzz_target("peer-snapshot-chunks", input, |(original, chunks)| {
+        // A damaged stream is refused (its CRC, counts or layout), never accepted: a stream
+        // that decodes to its end is exactly the one the leader sent.
+        let mut decoder = ImageDecoder::default();
+        for chunk in &chunks {
+            match decoder.feed(chunk) {
+                Ok(Chunk::End) => {
+                    prop_assert!(decoder.ended());
+                    prop_assert_eq!(&chunks, &original, "a damaged stream was accepted");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(_) => return Ok(()),
+            }
+        }
+        prop_assert!(chunks != original, "the undamaged stream did not end");
         Ok(())
     });
 }

@@ -191,6 +191,11 @@ impl ImageDecoder {
             FRAME_END if self.header_seen => {
                 let total = get_u64(&mut buf)?;
                 let crc = get_u32(&mut buf)?;
+                // Found by tests/fuzz_decoders.rs: bytes after the checksum were ignored, so a
+                // damaged end chunk could pass.
+                if !buf.is_empty() {
+                    return Err(bad("trailing bytes in the end chunk"));
+                }
                 if total != self.events {
                     return Err(bad(format!(
                         "the end says {total} events, {} came",
