@@ -654,3 +654,105 @@ fn a_member_is_replaced_by_a_new_one_on_a_new_data_dir() {
         assert_everyone_lists(&cluster, &want).await;
     });
 }
+
+#[test]
+fn removed_members_stay_refused_after_the_others_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cluster = Cluster::start(3, &["--snapshot-count", "5"]);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let victim = (leader + 1) % 3;
+        let victim_id = cluster.members[victim].id;
+        let mut client = cluster.members[leader].client().await;
+        // Down when it is removed: it never learns it from its own log, only from the others'
+        // refusal.
+        cluster.kill(victim);
+        remove(&mut client, victim_id).await.unwrap();
+        // Enough entries after the removal that both survivors checkpoint past it: the
+        // removal is then no longer in the WAL they replay.
+        for i in 0..30 {
+            client.put(&format!("k{i}"), "v").await;
+        }
+        let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+        for &i in &survivors {
+            cluster.kill(i);
+            cluster.members[i].log.lock().unwrap().clear();
+        }
+        cluster.restart_together(&survivors);
+        // The removed member, restarted on its data dir, is refused by the restarted ones.
+        let status = cluster.restart_expecting_exit(victim, Duration::from_secs(30));
+        assert!(status.success(), "{status}");
+        assert!(cluster.members[victim].log.lock().unwrap().contains(REMOVED_LINE));
+        let refused = survivors.iter().any(|&i| {
+            cluster.members[i]
+                .log
+                .lock()
+                .unwrap()
+                .contains("rejected stream from remote peer because it was removed")
+        });
+        assert!(refused, "no survivor refused the removed member");
+        let want: Vec<(u64, bool)> = survivors
+            .iter()
+            .map(|&i| (cluster.members[i].id, false))
+            .collect();
+        assert_everyone_lists(&cluster, &want).await;
+    });
+}
+
+#[test]
+fn force_new_cluster_restarts_one_member_alone_with_its_data() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cluster = Cluster::start(3, &[]);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let mut client = cluster.members[leader].client().await;
+        for i in 0..100 {
+            client.put(&format!("k{i:03}"), &format!("v{i}")).await;
+        }
+        let survivor = (leader + 1) % 3;
+        let survivor_id = cluster.members[survivor].id;
+        // The survivor must have applied everything before the stop.
+        {
+            let mut at_survivor = cluster.members[survivor].client().await;
+            assert_eq!(at_survivor.all().await.kvs.len(), 100);
+        }
+        for i in 0..3 {
+            cluster.kill(i);
+        }
+        cluster.members[survivor]
+            .extra_args
+            .push("--force-new-cluster".into());
+        cluster.restart(survivor);
+        assert!(
+            cluster.members[survivor]
+                .log
+                .lock()
+                .unwrap()
+                .contains("forcing restart member as a standalone cluster"),
+            "{}",
+            cluster.members[survivor].log.lock().unwrap()
+        );
+        assert_eq!(cluster.members[survivor].id, survivor_id);
+        let mut client = cluster.members[survivor].client().await;
+        let all = client.all().await;
+        assert_eq!(all.kvs.len(), 100);
+        assert_eq!(&all.kvs[7].value[..], b"v7");
+        assert_everyone_lists(&cluster, &[(survivor_id, false)]).await;
+        let out = etcdctl(&cluster.members[survivor].endpoint(), &["member", "list"], None);
+        assert_eq!(out.ok().lines().count(), 1, "{}", out.ok());
+        client.put("after-force", "v").await;
+
+        // Restarted without the flag, it stays a one-member cluster.
+        cluster.kill(survivor);
+        cluster.members[survivor].extra_args.clear();
+        cluster.restart(survivor);
+        let mut client = cluster.members[survivor].client().await;
+        assert!(client.get("after-force").await.is_some());
+
+        // A new member joins it.
+        let joined = grow(&mut cluster, false).await;
+        let mut at_joined = cluster.members[joined].client().await;
+        at_joined.put("after-join", "v").await;
+        assert_everyone_serves_the_same_data(&cluster, 102).await;
+    });
+}
