@@ -124,7 +124,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     // --force-new-cluster on a member with a WAL (without one the flag changes nothing, as in
     // etcd): what was never committed goes, and the raft node makes this member the only one.
-    let force_new_cluster = cfg.force_new_cluster && recovered.metadata.is_some() && existing.is_none();
+    let force_new_cluster =
+        cfg.force_new_cluster && recovered.metadata.is_some() && existing.is_none();
     if force_new_cluster {
         let commit = recovered.hard_state.commit.max(checkpoint_index);
         let before = recovered.entries.len();

@@ -465,7 +465,10 @@ async fn grow(cluster: &mut Cluster, learner: bool) -> usize {
     let mut members = running(cluster);
     members.push(i);
     cluster.start_joining(i, &members);
-    assert_eq!(cluster.members[i].id, id, "the joiner took the ID member add gave it");
+    assert_eq!(
+        cluster.members[i].id, id,
+        "the joiner took the ID member add gave it"
+    );
     assert!(
         cluster.members[i]
             .log
@@ -632,7 +635,13 @@ fn a_member_is_replaced_by_a_new_one_on_a_new_data_dir() {
         let stranger = cluster.new_member();
         let listing: Vec<String> = running(&cluster)
             .iter()
-            .map(|&i| format!("{}={}", cluster.members[i].name, cluster.members[i].peer_url()))
+            .map(|&i| {
+                format!(
+                    "{}={}",
+                    cluster.members[i].name,
+                    cluster.members[i].peer_url()
+                )
+            })
             .collect();
         let initial = format!(
             "{},{}={}",
@@ -640,7 +649,8 @@ fn a_member_is_replaced_by_a_new_one_on_a_new_data_dir() {
             cluster.members[stranger].name,
             cluster.members[stranger].peer_url()
         );
-        let status = cluster.start_joining_expecting_exit(stranger, &initial, Duration::from_secs(30));
+        let status =
+            cluster.start_joining_expecting_exit(stranger, &initial, Duration::from_secs(30));
         assert!(!status.success());
         assert!(
             cluster.members[stranger]
@@ -682,7 +692,11 @@ fn removed_members_stay_refused_after_the_others_restart() {
         // The removed member, restarted on its data dir, is refused by the restarted ones.
         let status = cluster.restart_expecting_exit(victim, Duration::from_secs(30));
         assert!(status.success(), "{status}");
-        assert!(cluster.members[victim].log.lock().unwrap().contains(REMOVED_LINE));
+        assert!(cluster.members[victim]
+            .log
+            .lock()
+            .unwrap()
+            .contains(REMOVED_LINE));
         let refused = survivors.iter().any(|&i| {
             cluster.members[i]
                 .log
@@ -738,7 +752,11 @@ fn force_new_cluster_restarts_one_member_alone_with_its_data() {
         assert_eq!(all.kvs.len(), 100);
         assert_eq!(&all.kvs[7].value[..], b"v7");
         assert_everyone_lists(&cluster, &[(survivor_id, false)]).await;
-        let out = etcdctl(&cluster.members[survivor].endpoint(), &["member", "list"], None);
+        let out = etcdctl(
+            &cluster.members[survivor].endpoint(),
+            &["member", "list"],
+            None,
+        );
         assert_eq!(out.ok().lines().count(), 1, "{}", out.ok());
         client.put("after-force", "v").await;
 

@@ -227,7 +227,8 @@ impl raft::Storage for RaftStore {
             // An image from before `to` was added does not name it in its configuration, and
             // raft's follower refuses such a snapshot (a joining member would be sent the
             // same refused image forever): a newer one is built instead.
-            let names_receiver = image.state.voters.contains(&to) || image.state.learners.contains(&to);
+            let names_receiver =
+                image.state.voters.contains(&to) || image.state.learners.contains(&to);
             if image.index() >= request_index && image.index() + 1 >= first && names_receiver {
                 return Ok(snapshot_of(image));
             }
@@ -266,11 +267,13 @@ fn members_after(conf_state: &ConfState, entries: &[Entry]) -> anyhow::Result<Ve
         .collect();
     for entry in entries {
         let changes: Vec<(ConfChangeType, u64)> = match entry.get_entry_type() {
-            raft::eraftpb::EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&entry.data)?
-                .changes
-                .iter()
-                .map(|c| (c.get_change_type(), c.node_id))
-                .collect(),
+            raft::eraftpb::EntryType::EntryConfChangeV2 => {
+                ConfChangeV2::parse_from_bytes(&entry.data)?
+                    .changes
+                    .iter()
+                    .map(|c| (c.get_change_type(), c.node_id))
+                    .collect()
+            }
             raft::eraftpb::EntryType::EntryConfChange => {
                 let cc = raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)?;
                 vec![(cc.get_change_type(), cc.node_id)]
@@ -470,7 +473,8 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
                 change.set_change_type(ConfChangeType::RemoveNode);
                 change.node_id = id;
                 cc.mut_changes().push(change);
-                cc.context = codec::encode(next_request_id, &WriteRequest::MemberRemove { id }).into();
+                cc.context =
+                    codec::encode(next_request_id, &WriteRequest::MemberRemove { id }).into();
                 next_request_id = next_request_id.wrapping_add(1);
                 let mut entry = Entry::default();
                 entry.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
@@ -1021,6 +1025,22 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             let is_leader = ss.raft_state == StateRole::Leader;
             self.published.leader.store(leader_id, Ordering::Release);
             if leader_id != self.last_leader {
+                // etcd's raft log lines, which operators and etcd's e2e tests look for.
+                let term = self.node.raft.term;
+                if is_leader {
+                    crate::log_info!(format!("{:x} became leader at term {term}", self.member_id));
+                }
+                if leader_id != raft::INVALID_ID {
+                    crate::log_info!(format!(
+                        "raft.node: {:x} elected leader {leader_id:x} at term {term}",
+                        self.member_id
+                    ));
+                } else {
+                    crate::log_info!(format!(
+                        "raft.node: {:x} lost leader {:x} at term {term}",
+                        self.member_id, self.last_leader
+                    ));
+                }
                 // etcd: a read waiting for its index when the leader changes fails.
                 for (_, (batch, _)) in std::mem::take(&mut self.reads_in_raft) {
                     for r in batch {

@@ -15,11 +15,18 @@ use crate::error::EtcdError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerRequest {
-    LeaseKeepAlive { id: i64 },
-    LeaseTimeToLive { id: i64, keys: bool },
+    LeaseKeepAlive {
+        id: i64,
+    },
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+    },
     MemberList,
     /// etcd's `/members/promote/<id>`: promote the learner `id`, on the leader.
-    MemberPromote { id: u64 },
+    MemberPromote {
+        id: u64,
+    },
 }
 
 #[derive(Clone, Debug)]

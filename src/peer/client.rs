@@ -171,7 +171,11 @@ async fn run_jobs(inner: std::rc::Weak<Inner>, queue: flume::Receiver<Job>) {
     }
 }
 
-pub(super) async fn call(inner: &Rc<Inner>, target: Target, body: Bytes) -> Result<Bytes, PeerError> {
+pub(super) async fn call(
+    inner: &Rc<Inner>,
+    target: Target,
+    body: Bytes,
+) -> Result<Bytes, PeerError> {
     match target {
         Target::Member(to) => {
             let connection = inner.requests.get_or_open(inner, to).await?;
