@@ -412,7 +412,9 @@ fn running(cluster: &Cluster) -> Vec<usize> {
 async fn assert_everyone_serves_the_same_data(cluster: &Cluster, expected_keys: usize) {
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let revision = cluster.members[leader].client().await.revision().await;
-    let mut first: Option<(Vec<(Vec<u8>, Vec<u8>)>, u32)> = None;
+    // The first member's keys and values, and its hash.
+    type Seen = (Vec<(Vec<u8>, Vec<u8>)>, u32);
+    let mut first: Option<Seen> = None;
     for m in cluster.members.iter().filter(|m| m.is_up()) {
         let mut client = m.client().await;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
