@@ -632,9 +632,6 @@ const G_IGN: &str = "Ignored (obsolete)";
 const G_FILE: &str = "config-file only";
 
 const NE_TUNE: Option<&str> = Some("storage/raft tuning knob; rusd uses its own storage engine");
-const NE_CLUSTER: Option<&str> = Some(
-    "not implemented yet (issue #11): start-up stops with an error rather than run without it",
-);
 const NE_PEER_TIMEOUT: Option<&str> = Some(
     "peer connections use the transport's own deadlines and heartbeat-driven liveness (docs/peer-protocol.md)",
 );
@@ -776,7 +773,7 @@ pub static FLAGS: &[FlagSpec] = &[
     f("experimental-snapshot-catchup-entries", Uint, "5000", G_EXP, "Entries kept for slow followers after a snapshot.", Some("rusd keeps a fixed 5000 entries, etcd's default (RAFT_LOG_RETAINED_ENTRIES)")),
     // unsafe
     f("unsafe-no-fsync", Bool, "false", G_UNSAFE, "Do not fsync (data loss on crash).", NE_LATER),
-    f("force-new-cluster", Bool, "false", G_UNSAFE, "Restart as a new one-member cluster.", NE_CLUSTER),
+    f("force-new-cluster", Bool, "false", G_UNSAFE, "Restart as a new one-member cluster.", None),
     // rusd
     f("shards", Uint, "0", G_RUSD, "Shard (thread) count; 0 = CPUs in the affinity mask. Env RUSD_SHARDS.", None),
     // ignored

@@ -30,11 +30,6 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
              bootstrap with --initial-cluster instead"
         );
     }
-    // Recovery that silently did not happen would leave the operator with a member that waits
-    // for a quorum that is gone.
-    if cfg.force_new_cluster {
-        anyhow::bail!("rusd does not implement --force-new-cluster yet");
-    }
     cfg.verify_bootstrap().map_err(|e| anyhow::anyhow!("{e}"))?;
     log_info!(
         "starting rusd",
@@ -49,7 +44,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         cfg.shards
     };
-    runtime::ensure_memlock(shard_count)?;
+    // One more executor than the shards: a joining member asks its peers from its own.
+    runtime::ensure_memlock(shard_count + 1)?;
     block_signals();
 
     std::fs::create_dir_all(&cfg.data_dir)
@@ -89,19 +85,35 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             )
         })?
         .clone();
-    let metadata = match recovered.metadata {
-        Some(m) => m,
-        // A new member of a running cluster must learn its ID and the cluster's from the
-        // peers before it has a WAL; that is not built, and bootstrapping a cluster of its own
-        // instead would be wrong. With a data dir the flag changes nothing (as in etcd).
-        None if cfg.initial_cluster_state == crate::config::ClusterState::Existing => {
-            anyhow::bail!(
-                "joining an existing cluster (--initial-cluster-state existing with an empty \
-                 data dir {}) is not supported yet",
-                cfg.data_dir.display()
-            );
+    // Before the peer options: it checks the peer TLS flags and makes --peer-auto-tls's
+    // certificate, which a joining member needs to ask its peers.
+    let listen_plan = net::ListenPlan::new(&cfg)?;
+    // A member joins a running cluster when it starts with no WAL and
+    // --initial-cluster-state existing (as etcd; with a WAL the flag changes nothing), or when
+    // it joined before but stopped before the leader caught it up: its WAL then holds only its
+    // identity (no checkpoint, no entry), and its ID is none of those --initial-cluster makes.
+    let joined_before = recovered.metadata.filter(|m| {
+        checkpoint.is_none()
+            && recovered.entries.is_empty()
+            && !members.iter().any(|(_, id, _)| *id == m.member_id)
+    });
+    let joining = recovered.metadata.is_none()
+        && cfg.initial_cluster_state == crate::config::ClusterState::Existing;
+    let existing = if joining || joined_before.is_some() {
+        let options = crate::peer::PeerOptions::from_config(&cfg, 0, 0)
+            .context("configuring the peer transport")?;
+        Some(join_cluster(&cfg, &members, joined_before, &options)?)
+    } else {
+        None
+    };
+    let metadata = match (recovered.metadata, &existing) {
+        (Some(m), _) => m,
+        (None, Some(joined)) => {
+            let m = joined.metadata;
+            wal::bootstrap(&wal_dir, &mut recovered, m)?;
+            m
         }
-        None => {
+        (None, None) => {
             let m = wal::Metadata {
                 member_id: me.1,
                 cluster_id: ids::initial_cluster_id(&cfg),
@@ -110,6 +122,23 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             m
         }
     };
+    // --force-new-cluster on a member with a WAL (without one the flag changes nothing, as in
+    // etcd): what was never committed goes, and the raft node makes this member the only one.
+    let force_new_cluster =
+        cfg.force_new_cluster && recovered.metadata.is_some() && existing.is_none();
+    if force_new_cluster {
+        let commit = recovered.hard_state.commit.max(checkpoint_index);
+        let before = recovered.entries.len();
+        recovered.entries.retain(|e| e.index <= commit);
+        let discarded = before - recovered.entries.len();
+        if discarded > 0 {
+            log_info!(
+                "discarding uncommitted WAL entries",
+                "commit-index-from-wal" => commit,
+                "number-of-discarded-entries" => discarded
+            );
+        }
+    }
     log_info!(
         "member identity",
         "local-member-id" => ids::format_id(metadata.member_id),
@@ -202,38 +231,54 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         peers: Arc::new(std::sync::OnceLock::new()),
     };
 
-    let listen_plan = net::ListenPlan::new(&cfg)?;
-    // After the listen plan, which checks the peer TLS flags and makes --peer-auto-tls's
-    // certificate.
     let peer_options =
         crate::peer::PeerOptions::from_config(&cfg, metadata.member_id, metadata.cluster_id)
             .context("configuring the peer transport")?;
 
     let (serving_tx, serving_rx) = oneshot::channel();
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
-    let initial_members: Vec<coordinator::members::Member> = members
-        .iter()
-        .map(|(name, id, peer_urls)| {
-            // This member keeps the ID its data dir was created with, whatever the flags say
-            // now (as etcd does).
-            let me = *name == cfg.name;
-            coordinator::members::Member {
-                id: if me { metadata.member_id } else { *id },
-                name: name.clone(),
-                peer_urls: peer_urls.clone(),
-                // Other members' client URLs arrive when they publish them.
-                client_urls: if me {
-                    ctx.member.client_urls.clone()
-                } else {
-                    Vec::new()
-                },
-                is_learner: false,
-            }
-        })
-        .collect();
-    let conf_state = match restored.checkpoint.as_ref() {
-        Some(c) => ::raft::eraftpb::ConfState::from((c.voters.clone(), c.learners.clone())),
-        None => ::raft::eraftpb::ConfState::from((
+    let initial_members: Vec<coordinator::members::Member> = match &existing {
+        // A joining member starts from the members the cluster reported; the leader's
+        // snapshot replaces them with the state as of its index.
+        Some(joined) => joined
+            .members
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if m.id == metadata.member_id {
+                    m.name = cfg.name.clone();
+                    m.client_urls = ctx.member.client_urls.clone();
+                }
+                m
+            })
+            .collect(),
+        None => members
+            .iter()
+            .map(|(name, id, peer_urls)| {
+                // This member keeps the ID its data dir was created with, whatever the flags
+                // say now (as etcd does).
+                let me = *name == cfg.name;
+                coordinator::members::Member {
+                    id: if me { metadata.member_id } else { *id },
+                    name: name.clone(),
+                    peer_urls: peer_urls.clone(),
+                    // Other members' client URLs arrive when they publish them.
+                    client_urls: if me {
+                        ctx.member.client_urls.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    is_learner: false,
+                }
+            })
+            .collect(),
+    };
+    let conf_state = match (restored.checkpoint.as_ref(), &existing) {
+        (Some(c), _) => ::raft::eraftpb::ConfState::from((c.voters.clone(), c.learners.clone())),
+        // A joining member knows no configuration: it is no voter and cannot campaign until
+        // the leader's snapshot brings raft's configuration (which names it).
+        (None, Some(_)) => ::raft::eraftpb::ConfState::default(),
+        (None, None) => ::raft::eraftpb::ConfState::from((
             initial_members.iter().map(|m| m.id).collect::<Vec<_>>(),
             Vec::new(),
         )),
@@ -261,7 +306,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             client_urls: ctx.member.client_urls.clone(),
         },
         strict_reconfig_check: cfg.strict_reconfig_check,
+        force_new_cluster,
     };
+    let peer_ids: Vec<u64> = boot.peers.iter().map(|(id, _)| *id).collect();
     let mut coordinator_parts = Some(CoordinatorParts {
         peer_options,
         peer_slot: ctx.peers.clone(),
@@ -272,6 +319,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         boot,
         applier: ApplierConfig {
             member_id: metadata.member_id,
+            cluster_id: metadata.cluster_id,
             lease_ttl_min_secs: lease_ttl_min_secs(&cfg),
             initial_members,
             snapshot_count: cfg.snapshot_count,
@@ -362,11 +410,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         anyhow::bail!("{msg}");
     }
     if cfg.experimental_initial_corrupt_check {
-        let peers: Vec<u64> = members
-            .iter()
-            .filter(|(name, _, _)| *name != cfg.name)
-            .map(|(_, id, _)| *id)
-            .collect();
+        let peers: Vec<u64> = peer_ids;
         crate::corrupt::initial_check(&ctx, &peers, request_timeout)?;
     }
     ctx.health.mark_serving();
@@ -390,6 +434,77 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// This member's identity and the members of the running cluster it joins.
+struct Joined {
+    metadata: wal::Metadata,
+    members: Vec<coordinator::members::Member>,
+}
+
+/// etcd's join of a running cluster: the member list and cluster ID from the peers named in
+/// --initial-cluster (every URL but this member's, sorted), this member's ID from the member
+/// whose peer URLs match its own (`joined_before`: the identity its WAL already holds, which
+/// must still be a member).
+fn join_cluster(
+    cfg: &Config,
+    local: &[(String, u64, Vec<String>)],
+    joined_before: Option<wal::Metadata>,
+    options: &crate::peer::PeerOptions,
+) -> anyhow::Result<Joined> {
+    use crate::peer::join;
+    let mut urls: Vec<String> = local
+        .iter()
+        .filter(|(name, _, _)| *name != cfg.name)
+        .flat_map(|(_, _, urls)| urls.iter().cloned())
+        .collect();
+    urls.sort();
+    let existing = join::fetch_existing_cluster(options, &urls, join::MEMBER_LIST_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("cannot fetch cluster info from peer urls: {e}"))?;
+    let metadata = match joined_before {
+        Some(m) => {
+            if m.cluster_id != existing.cluster_id {
+                anyhow::bail!(
+                    "the cluster at {} has ID {}, this member's WAL says {}",
+                    urls.join(","),
+                    ids::format_id(existing.cluster_id),
+                    ids::format_id(m.cluster_id)
+                );
+            }
+            if !existing.members.iter().any(|e| e.id == m.member_id) {
+                // Removed before it was ever caught up: it stops as any removed member does.
+                log_warn!(
+                    coordinator::apply::REMOVED_FROM_CLUSTER,
+                    "local-member-id" => ids::format_id(m.member_id)
+                );
+                std::process::exit(0);
+            }
+            m
+        }
+        None => {
+            let assigned = join::assign_ids(local, &existing.members)
+                .map_err(|e| anyhow::anyhow!("error validating peerURLs {existing}: {e}"))?;
+            let member_id = assigned
+                .iter()
+                .find(|(name, _, _)| *name == cfg.name)
+                .map(|(_, id, _)| *id)
+                .expect("assign_ids keeps every local member, this one included");
+            wal::Metadata {
+                member_id,
+                cluster_id: existing.cluster_id,
+            }
+        }
+    };
+    log_info!(
+        "joining an existing cluster",
+        "local-member-id" => ids::format_id(metadata.member_id),
+        "cluster-id" => ids::format_id(metadata.cluster_id),
+        "members" => existing.members.len()
+    );
+    Ok(Joined {
+        metadata,
+        members: existing.members,
+    })
 }
 
 /// A member removed from the cluster stops as etcd's does: the reason was logged where it was

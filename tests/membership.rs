@@ -380,3 +380,399 @@ fn membership_survives_checkpoints_and_restarts() {
         client.put("after-restart", "v").await;
     });
 }
+
+/// `etcdctl member add NAME --peer-urls URL [--learner]` at `endpoint`; the new member's ID
+/// from etcdctl's "Member <id> added to cluster <cluster-id>".
+fn ctl_member_add(endpoint: &str, name: &str, url: &str, learner: bool) -> u64 {
+    let mut args = vec!["member", "add", name, "--peer-urls", url];
+    if learner {
+        args.push("--learner");
+    }
+    let out = etcdctl(endpoint, &args, None);
+    let text = out.ok().to_string();
+    let id = text
+        .split("Member ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("etcdctl member add said: {text}"));
+    assert!(text.contains("added to cluster"), "{text}");
+    id
+}
+
+/// The indices of the running members.
+fn running(cluster: &Cluster) -> Vec<usize> {
+    (0..cluster.members.len())
+        .filter(|&i| cluster.members[i].is_up())
+        .collect()
+}
+
+/// Every running member serves the same keys from its own store (serializable reads, after it
+/// reached the leader's revision) and the same HashKV at that revision.
+async fn assert_everyone_serves_the_same_data(cluster: &Cluster, expected_keys: usize) {
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let revision = cluster.members[leader].client().await.revision().await;
+    // The first member's keys and values, and its hash.
+    type Seen = (Vec<(Vec<u8>, Vec<u8>)>, u32);
+    let mut first: Option<Seen> = None;
+    for m in cluster.members.iter().filter(|m| m.is_up()) {
+        let mut client = m.client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let kvs = loop {
+            let r = client
+                .range(pb::RangeRequest {
+                    key: b"\0".to_vec().into(),
+                    range_end: b"\0".to_vec().into(),
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await;
+            if r.header.as_ref().unwrap().revision >= revision {
+                break r.kvs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} stays behind revision {revision}",
+                m.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let kvs: Vec<(Vec<u8>, Vec<u8>)> = kvs
+            .into_iter()
+            .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+            .collect();
+        assert_eq!(kvs.len(), expected_keys, "{}'s keys", m.name);
+        let hash = client.hash_kv(revision).await.hash;
+        match &first {
+            None => first = Some((kvs, hash)),
+            Some((want, want_hash)) => {
+                assert!(kvs == *want, "{} serves other data", m.name);
+                assert_eq!(hash, *want_hash, "{}'s HashKV at {revision}", m.name);
+            }
+        }
+    }
+}
+
+/// Adds a member through etcdctl at the leader and starts it with --initial-cluster-state
+/// existing; its index.
+async fn grow(cluster: &mut Cluster, learner: bool) -> usize {
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let i = cluster.new_member();
+    let id = ctl_member_add(
+        &cluster.members[leader].endpoint(),
+        &cluster.members[i].name.clone(),
+        &cluster.members[i].peer_url(),
+        learner,
+    );
+    let mut members = running(cluster);
+    members.push(i);
+    cluster.start_joining(i, &members);
+    assert_eq!(
+        cluster.members[i].id, id,
+        "the joiner took the ID member add gave it"
+    );
+    assert!(
+        cluster.members[i]
+            .log
+            .lock()
+            .unwrap()
+            .contains("joining an existing cluster"),
+        "{}",
+        cluster.members[i].log.lock().unwrap()
+    );
+    i
+}
+
+#[test]
+fn members_join_a_running_cluster_from_one_to_five() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Frequent checkpoints: the leader's log is compacted, so joiners are caught up by
+        // the snapshot.
+        let mut cluster = Cluster::start(1, &["--snapshot-count", "50"]);
+        let mut client = cluster.members[0].client().await;
+        for i in 0..100 {
+            client.put(&format!("a{i:03}"), &format!("v{i}")).await;
+        }
+        grow(&mut cluster, false).await;
+        grow(&mut cluster, false).await;
+        assert_eq!(running(&cluster).len(), 3);
+        let ids: Vec<(u64, bool)> = cluster.members.iter().map(|m| (m.id, false)).collect();
+        assert_everyone_lists(&cluster, &ids).await;
+        // Writes through a joined member.
+        let mut at_new = cluster.members[2].client().await;
+        for i in 0..100 {
+            at_new.put(&format!("b{i:03}"), "v").await;
+        }
+        assert_everyone_serves_the_same_data(&cluster, 200).await;
+
+        grow(&mut cluster, false).await;
+        grow(&mut cluster, false).await;
+        let ids: Vec<(u64, bool)> = cluster.members.iter().map(|m| (m.id, false)).collect();
+        assert_everyone_lists(&cluster, &ids).await;
+        let mut at_last = cluster.members[4].client().await;
+        for i in 0..50 {
+            at_last.put(&format!("c{i:03}"), "v").await;
+        }
+        assert_everyone_serves_the_same_data(&cluster, 250).await;
+        // Each joiner published its name and client URLs, as etcd's members do.
+        let listed = member_list(&mut at_last).await;
+        for m in &cluster.members {
+            let entry = listed.iter().find(|e| e.id == m.id).unwrap();
+            assert_eq!(entry.name, m.name);
+            assert_eq!(entry.client_ur_ls, vec![m.url()]);
+        }
+        // A joined member restarts on its data dir like any other.
+        cluster.kill(3);
+        cluster.restart(3);
+        at_last.put("after-restart", "v").await;
+        assert_everyone_serves_the_same_data(&cluster, 251).await;
+    });
+}
+
+#[test]
+fn a_learner_joins_catches_up_and_is_promoted_through_a_follower() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cluster = Cluster::start(3, &["--snapshot-count", "50"]);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let mut client = cluster.members[leader].client().await;
+        for i in 0..120 {
+            client.put(&format!("k{i:03}"), "v").await;
+        }
+        let learner = grow(&mut cluster, true).await;
+        let learner_id = cluster.members[learner].id;
+        let mut want: Vec<(u64, bool)> = cluster
+            .members
+            .iter()
+            .map(|m| (m.id, m.id == learner_id))
+            .collect();
+        assert_everyone_lists(&cluster, &want).await;
+        // A learner serves serializable reads of what it replicated.
+        assert_everyone_serves_the_same_data(&cluster, 120).await;
+
+        // etcdctl at a follower: the follower forwards the promotion to the leader.
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let follower = (0..3).find(|&i| i != leader).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = etcdctl(
+                &cluster.members[follower].endpoint(),
+                &["member", "promote", &format!("{learner_id:x}")],
+                None,
+            );
+            if out.status.success() {
+                assert!(
+                    out.ok()
+                        .contains(&format!("Member {learner_id:16x} promoted in cluster")),
+                    "{}",
+                    out.ok()
+                );
+                break;
+            }
+            // Until the leader sees it in sync it refuses with etcd's error.
+            assert!(
+                out.err()
+                    .contains("can only promote a learner member which is in sync with leader"),
+                "etcdctl said: {}",
+                out.err()
+            );
+            assert!(std::time::Instant::now() < deadline, "never promoted");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for w in want.iter_mut() {
+            w.1 = false;
+        }
+        assert_everyone_lists(&cluster, &want).await;
+        // Through a follower again: now it is no learner, and etcd's error says so.
+        let mut at_follower = cluster.members[follower].client().await;
+        assert_status(
+            promote(&mut at_follower, learner_id).await,
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        );
+        assert_status(
+            promote(&mut at_follower, 0x4242).await,
+            Code::NotFound,
+            "etcdserver: member not found",
+        );
+        client.put("after-promote", "v").await;
+        assert_everyone_serves_the_same_data(&cluster, 121).await;
+    });
+}
+
+#[test]
+fn a_member_is_replaced_by_a_new_one_on_a_new_data_dir() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cluster = Cluster::start(3, &["--snapshot-count", "50"]);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let mut client = cluster.members[leader].client().await;
+        for i in 0..150 {
+            client.put(&format!("k{i:03}"), "v").await;
+        }
+        let victim = (leader + 1) % 3;
+        let victim_id = cluster.members[victim].id;
+        let out = etcdctl(
+            &cluster.members[leader].endpoint(),
+            &["member", "remove", &format!("{victim_id:x}")],
+            None,
+        );
+        assert!(out.ok().contains("removed from cluster"), "{}", out.ok());
+        cluster.wait_exit(victim, Duration::from_secs(15)).unwrap();
+        client.put("between", "v").await;
+        let replacement = grow(&mut cluster, false).await;
+        assert_ne!(cluster.members[replacement].id, victim_id);
+        let want: Vec<(u64, bool)> = running(&cluster)
+            .iter()
+            .map(|&i| (cluster.members[i].id, false))
+            .collect();
+        assert_eq!(want.len(), 3);
+        assert_everyone_lists(&cluster, &want).await;
+        client.put("after", "v").await;
+        assert_everyone_serves_the_same_data(&cluster, 152).await;
+
+        // A joiner whose --initial-cluster does not match the cluster is refused with etcd's
+        // errors, and nothing changes.
+        let stranger = cluster.new_member();
+        let listing: Vec<String> = running(&cluster)
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{}={}",
+                    cluster.members[i].name,
+                    cluster.members[i].peer_url()
+                )
+            })
+            .collect();
+        let initial = format!(
+            "{},{}={}",
+            listing.join(","),
+            cluster.members[stranger].name,
+            cluster.members[stranger].peer_url()
+        );
+        let status =
+            cluster.start_joining_expecting_exit(stranger, &initial, Duration::from_secs(30));
+        assert!(!status.success());
+        assert!(
+            cluster.members[stranger]
+                .log
+                .lock()
+                .unwrap()
+                .contains("member count is unequal"),
+            "{}",
+            cluster.members[stranger].log.lock().unwrap()
+        );
+        assert_everyone_lists(&cluster, &want).await;
+    });
+}
+
+#[test]
+fn removed_members_stay_refused_after_the_others_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cluster = Cluster::start(3, &["--snapshot-count", "5"]);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let victim = (leader + 1) % 3;
+        let victim_id = cluster.members[victim].id;
+        let mut client = cluster.members[leader].client().await;
+        // Down when it is removed: it never learns it from its own log, only from the others'
+        // refusal.
+        cluster.kill(victim);
+        remove(&mut client, victim_id).await.unwrap();
+        // Enough entries after the removal that both survivors checkpoint past it: the
+        // removal is then no longer in the WAL they replay.
+        for i in 0..30 {
+            client.put(&format!("k{i}"), "v").await;
+        }
+        let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+        for &i in &survivors {
+            cluster.kill(i);
+            cluster.members[i].log.lock().unwrap().clear();
+        }
+        cluster.restart_together(&survivors);
+        // The removed member, restarted on its data dir, is refused by the restarted ones.
+        let status = cluster.restart_expecting_exit(victim, Duration::from_secs(30));
+        assert!(status.success(), "{status}");
+        assert!(cluster.members[victim]
+            .log
+            .lock()
+            .unwrap()
+            .contains(REMOVED_LINE));
+        let refused = survivors.iter().any(|&i| {
+            cluster.members[i]
+                .log
+                .lock()
+                .unwrap()
+                .contains("rejected stream from remote peer because it was removed")
+        });
+        assert!(refused, "no survivor refused the removed member");
+        let want: Vec<(u64, bool)> = survivors
+            .iter()
+            .map(|&i| (cluster.members[i].id, false))
+            .collect();
+        assert_everyone_lists(&cluster, &want).await;
+    });
+}
+
+#[test]
+fn force_new_cluster_restarts_one_member_alone_with_its_data() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cluster = Cluster::start(3, &[]);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        let mut client = cluster.members[leader].client().await;
+        for i in 0..100 {
+            client.put(&format!("k{i:03}"), &format!("v{i}")).await;
+        }
+        let survivor = (leader + 1) % 3;
+        let survivor_id = cluster.members[survivor].id;
+        // The survivor must have applied everything before the stop.
+        {
+            let mut at_survivor = cluster.members[survivor].client().await;
+            assert_eq!(at_survivor.all().await.kvs.len(), 100);
+        }
+        for i in 0..3 {
+            cluster.kill(i);
+        }
+        cluster.members[survivor]
+            .extra_args
+            .push("--force-new-cluster".into());
+        cluster.restart(survivor);
+        assert!(
+            cluster.members[survivor]
+                .log
+                .lock()
+                .unwrap()
+                .contains("forcing restart member as a standalone cluster"),
+            "{}",
+            cluster.members[survivor].log.lock().unwrap()
+        );
+        assert_eq!(cluster.members[survivor].id, survivor_id);
+        let mut client = cluster.members[survivor].client().await;
+        let all = client.all().await;
+        assert_eq!(all.kvs.len(), 100);
+        assert_eq!(&all.kvs[7].value[..], b"v7");
+        assert_everyone_lists(&cluster, &[(survivor_id, false)]).await;
+        let out = etcdctl(
+            &cluster.members[survivor].endpoint(),
+            &["member", "list"],
+            None,
+        );
+        assert_eq!(out.ok().lines().count(), 1, "{}", out.ok());
+        client.put("after-force", "v").await;
+
+        // Restarted without the flag, it stays a one-member cluster.
+        cluster.kill(survivor);
+        cluster.members[survivor].extra_args.clear();
+        cluster.restart(survivor);
+        let mut client = cluster.members[survivor].client().await;
+        assert!(client.get("after-force").await.is_some());
+
+        // A new member joins it.
+        let joined = grow(&mut cluster, false).await;
+        let mut at_joined = cluster.members[joined].client().await;
+        at_joined.put("after-join", "v").await;
+        assert_everyone_serves_the_same_data(&cluster, 102).await;
+    });
+}

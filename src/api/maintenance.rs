@@ -412,17 +412,85 @@ impl pb::cluster_server::Cluster for ClusterService {
         let id = request.into_inner().id;
         self.check_started(Change::Promote).await?;
         // Only the leader can tell whether the learner is in sync: elsewhere the raft node
-        // answers "not leader" (etcd's follower forwards the request to the leader instead).
-        let out = self
+        // answers "not leader", and the request goes to the leader over the peer transport
+        // (etcd's follower asks the leader's `/members/promote/<id>`).
+        match self
             .ctx
             .coordinator
             .propose(WriteRequest::MemberPromote { id })
             .await
-            .map_err(status)?;
-        Ok(Response::new(pb::MemberPromoteResponse {
-            header: Some(self.ctx.header(out.revision)),
-            members: members_out(&out),
-        }))
+        {
+            Ok(out) => Ok(Response::new(pb::MemberPromoteResponse {
+                header: Some(self.ctx.header(out.revision)),
+                members: members_out(&out),
+            })),
+            Err(EtcdError::NotLeader) => {
+                // Run on this core's executor (its timers are not `Send`); the answer comes
+                // back over a channel.
+                let (tx, rx) = futures::channel::oneshot::channel();
+                let ctx = self.ctx.clone();
+                glommio::spawn_local(async move {
+                    let _ = tx.send(promote_on_leader(&ctx, id).await);
+                })
+                .detach();
+                let members = rx
+                    .await
+                    .unwrap_or(Err(EtcdError::Stopped))
+                    .map_err(status)?;
+                Ok(Response::new(pb::MemberPromoteResponse {
+                    header: Some(self.ctx.header(self.ctx.published.revision())),
+                    members: members.into_iter().map(member_out).collect(),
+                }))
+            }
+            Err(e) => Err(status(e)),
+        }
+    }
+}
+
+/// etcd's PromoteMember on a follower: asks the leader until it answers, within the request
+/// timeout. The leader's refusals that another try cannot change (not in sync, not found,
+/// not a learner) end it at once; anything else (no leader yet, the leader changed or is
+/// unreachable) is tried again, and the timeout answers etcd's "request timed out".
+async fn promote_on_leader(
+    ctx: &super::Context,
+    id: u64,
+) -> Result<Vec<crate::coordinator::members::Member>, EtcdError> {
+    use crate::coordinator::rpc::{self, PeerRequest, PeerResponse};
+    /// Between tries, so a leader election or a reconnect gets time to finish.
+    const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+    let deadline = std::time::Instant::now() + ctx.coordinator.request_timeout();
+    let client = ctx.peers.get().ok_or(EtcdError::Stopped)?;
+    let body = rpc::encode_request(&PeerRequest::MemberPromote { id });
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(EtcdError::Timeout);
+        }
+        let leader = ctx.published.leader();
+        if leader != 0 && leader != ctx.member.member_id {
+            if let Ok(answer) = client.call(leader, body.clone(), left).await {
+                match rpc::decode_response(&answer) {
+                    Ok(PeerResponse::MemberPromote(Ok(members))) => return Ok(members),
+                    Ok(PeerResponse::MemberPromote(Err(
+                        e @ (EtcdError::LearnerNotReady
+                        | EtcdError::MemberNotFound
+                        | EtcdError::MemberNotLearner),
+                    ))) => return Err(e),
+                    _ => {}
+                }
+            }
+        } else if leader == ctx.member.member_id {
+            // This member became the leader meanwhile: it decides itself.
+            let out = ctx
+                .coordinator
+                .propose(WriteRequest::MemberPromote { id })
+                .await?;
+            return Ok(match out.response {
+                WriteResponse::Members(members) => members,
+                _ => Vec::new(),
+            });
+        }
+        glommio::timer::sleep(RETRY_PAUSE.min(left)).await;
     }
 }
 

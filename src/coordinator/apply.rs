@@ -79,6 +79,8 @@ type PutsReplies = Vec<oneshot::Receiver<Result<Vec<(PutResponse, Event)>, shard
 
 pub struct ApplierConfig {
     pub member_id: u64,
+    /// The cluster's ID, for the member list a joining member asks for.
+    pub cluster_id: u64,
     /// etcd's minimum lease TTL: ceil(1.5 × election timeout), in seconds.
     pub lease_ttl_min_secs: i64,
     /// The members of --initial-cluster (this one with its client URLs).
@@ -163,6 +165,7 @@ pub struct Applier<K: CheckpointStore, C: Clock> {
     peers_changed: bool,
     /// This member applied its own removal: it stops once the proposer is answered.
     removed_self: bool,
+    cluster_id: u64,
 }
 
 impl<K: CheckpointStore, C: Clock> Applier<K, C> {
@@ -189,6 +192,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             checkpoints,
             clock,
             member_id: cfg.member_id,
+            cluster_id: cfg.cluster_id,
             waiters: HashMap::new(),
             reads_waiting_apply: Vec::new(),
             revision: 1,
@@ -220,7 +224,13 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             next_timer: now + TIMER_INTERVAL,
         };
         match restored.checkpoint {
-            Some(state) => applier.load_checkpoint(&state, restored.lease_keys)?,
+            Some(state) => {
+                applier.load_checkpoint(&state, restored.lease_keys)?;
+                // The transport learns the members and the removed ones as of the checkpoint
+                // (a removed member stays refused after a restart, as etcd's
+                // `members_removed`).
+                applier.peers_changed = true;
+            }
             None => applier.publish_all(),
         }
         Ok(applier)
@@ -263,6 +273,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 })
                 .collect(),
         );
+        members.restore_removed(&state.removed_members);
         // This member's name and client URLs are what it runs with now.
         if let Some(me) = self.initial_members.iter().find(|m| m.id == self.member_id) {
             members.refresh_local(me);
@@ -316,8 +327,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             match self.next_wake().await {
                 Wake::Apply(ApplyMsg::Batch(batch)) => self.on_batch(batch).await?,
                 Wake::Apply(ApplyMsg::PeerRequest { from, body, reply }) => {
-                    let answer = self.on_peer_request(from, &body);
-                    let _ = reply.send(answer);
+                    self.on_peer_request(from, &body, reply)
                 }
                 Wake::Apply(ApplyMsg::GenerateSnapshot) => self.generate_snapshot().await?,
                 Wake::Apply(ApplyMsg::ReceiveSnapshot { msg, chunks, done }) => {
@@ -699,8 +709,9 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         })
     }
 
-    /// A peer's request: a follower forwarding lease work to this leader.
-    fn on_peer_request(&mut self, _from: u64, body: &[u8]) -> Bytes {
+    /// A peer's request: a follower forwarding lease work or a promotion to this leader, a
+    /// joining member asking for the members.
+    fn on_peer_request(&mut self, _from: u64, body: &[u8], reply: oneshot::Sender<Bytes>) {
         let answer = match rpc::decode_request(body) {
             Ok(rpc::PeerRequest::LeaseKeepAlive { id }) => {
                 rpc::PeerResponse::LeaseKeepAlive(self.keep_alive(id))
@@ -708,10 +719,39 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
             Ok(rpc::PeerRequest::LeaseTimeToLive { id, keys }) => {
                 rpc::PeerResponse::LeaseTimeToLive(self.time_to_live(id, keys))
             }
-            Ok(rpc::PeerRequest::MemberList) => rpc::PeerResponse::MemberList(self.members.list()),
+            Ok(rpc::PeerRequest::MemberList) => rpc::PeerResponse::MemberList {
+                cluster_id: self.cluster_id,
+                members: self.members.list(),
+            },
+            Ok(rpc::PeerRequest::MemberPromote { id }) => {
+                // Proposed here like a client's promotion (the raft node judges whether the
+                // learner is in sync, which only a leader can); answered when applied, in a
+                // task of its own so the apply loop never waits for it.
+                let raft_tx = self.links.raft_tx.clone();
+                glommio::spawn_local(async move {
+                    let (tx, rx) = oneshot::channel();
+                    let propose = RaftMsg::Propose {
+                        req: WriteRequest::MemberPromote { id },
+                        reply: Some(tx),
+                    };
+                    let outcome = match raft_tx.send_async(propose).await {
+                        Ok(()) => rx.await.unwrap_or(Err(EtcdError::Stopped)),
+                        Err(_) => Err(EtcdError::Stopped),
+                    };
+                    let answer = outcome.map(|out| match out.response {
+                        super::WriteResponse::Members(members) => members,
+                        _ => Vec::new(),
+                    });
+                    let _ = reply.send(rpc::encode_response(&rpc::PeerResponse::MemberPromote(
+                        answer,
+                    )));
+                })
+                .detach();
+                return;
+            }
             Err(e) => rpc::PeerResponse::Refused(e.to_string()),
         };
-        rpc::encode_response(&answer)
+        let _ = reply.send(rpc::encode_response(&answer));
     }
 
     async fn feed_watch(&mut self, revision: i64, events: Vec<Event>) -> anyhow::Result<()> {
@@ -860,8 +900,12 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
         self.published.is_learner.store(learner, Ordering::Release);
     }
 
-    /// Tells the raft node's transport who the other members are now, and who was removed.
-    fn announce_peers(&mut self, removed: Vec<u64>) -> anyhow::Result<()> {
+    /// Tells the raft node's transport who the other members are now, and every member ever
+    /// removed (`removed`, just now, and the ones before).
+    fn announce_peers(&mut self, mut removed: Vec<u64>) -> anyhow::Result<()> {
+        removed.extend(self.members.removed_ids());
+        removed.sort_unstable();
+        removed.dedup();
         self.publish_membership();
         let peers = self
             .members
@@ -920,6 +964,7 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                     alarm: kind.number(),
                 })
                 .collect(),
+            removed_members: self.members.removed_ids(),
         })
     }
 

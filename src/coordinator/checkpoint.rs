@@ -12,7 +12,8 @@
 //! segments written after it (`SegmentLog::open_at`) and the WAL still holds every entry since.
 //!
 //! File layout: one frame `len u32 | crc32c u32 | type u8 (= 1) | payload`, little-endian,
-//! the CRC over type and payload, the payload an rkyv archive of `CheckpointState`.
+//! the CRC over type and payload, the payload an rkyv archive of `CheckpointState`. Older record
+//! types (1: no `layout`, 2: no `removed_members`) are read and converted.
 
 use std::fs;
 use std::io::Write;
@@ -21,10 +22,12 @@ use std::path::{Path, PathBuf};
 use rkyv::rancor;
 
 pub const CHECKPOINT_FILE_NAME: &str = "checkpoint";
-const FORMAT_VERSION: u32 = 2;
-/// The record types name the state's schema: version 1 had no `layout`.
+const FORMAT_VERSION: u32 = 3;
+/// The record types name the state's schema: version 1 had no `layout`, version 2 no
+/// `removed_members`.
 const RECORD_TYPE_STATE_V1: u8 = 1;
-const RECORD_TYPE_STATE: u8 = 2;
+const RECORD_TYPE_STATE_V2: u8 = 2;
+const RECORD_TYPE_STATE: u8 = 3;
 const HEADER_BYTES: usize = 9;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, Default, PartialEq)]
@@ -48,6 +51,48 @@ pub struct CheckpointState {
     pub auth: AuthRecord,
     pub members: Vec<MemberRecord>,
     pub alarms: Vec<AlarmRecord>,
+    /// Members removed from the cluster (etcd's `members_removed`): their peer connections
+    /// stay refused after a restart.
+    pub removed_members: Vec<u64>,
+}
+
+/// The state as format version 2 wrote it (before `removed_members`); read and converted.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, Default, PartialEq)]
+struct CheckpointStateV2 {
+    format_version: u32,
+    raft_index: u64,
+    raft_term: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    shard_count: u32,
+    layout: String,
+    revision: i64,
+    compact_revision: i64,
+    leases: Vec<LeaseRecord>,
+    auth: AuthRecord,
+    members: Vec<MemberRecord>,
+    alarms: Vec<AlarmRecord>,
+}
+
+impl From<CheckpointStateV2> for CheckpointState {
+    fn from(v: CheckpointStateV2) -> Self {
+        CheckpointState {
+            format_version: FORMAT_VERSION,
+            raft_index: v.raft_index,
+            raft_term: v.raft_term,
+            voters: v.voters,
+            learners: v.learners,
+            shard_count: v.shard_count,
+            layout: v.layout,
+            revision: v.revision,
+            compact_revision: v.compact_revision,
+            leases: v.leases,
+            auth: v.auth,
+            members: v.members,
+            alarms: v.alarms,
+            removed_members: Vec::new(),
+        }
+    }
 }
 
 /// The state as format version 1 wrote it (before `layout`); read and converted.
@@ -83,6 +128,7 @@ impl From<CheckpointStateV1> for CheckpointState {
             auth: v.auth,
             members: v.members,
             alarms: v.alarms,
+            removed_members: Vec::new(),
         }
     }
 }
@@ -219,6 +265,17 @@ pub fn decode_state(data: &[u8]) -> Result<CheckpointState, String> {
     let state = match data[8] {
         RECORD_TYPE_STATE => rkyv::from_bytes::<CheckpointState, rancor::Error>(&aligned)
             .map_err(|e| format!("undecodable state: {e}"))?,
+        RECORD_TYPE_STATE_V2 => {
+            let v2 = rkyv::from_bytes::<CheckpointStateV2, rancor::Error>(&aligned)
+                .map_err(|e| format!("undecodable state: {e}"))?;
+            if v2.format_version != 2 {
+                return Err(format!(
+                    "format version {} in a version 2 record",
+                    v2.format_version
+                ));
+            }
+            CheckpointState::from(v2)
+        }
         RECORD_TYPE_STATE_V1 => {
             let v1 = rkyv::from_bytes::<CheckpointStateV1, rancor::Error>(&aligned)
                 .map_err(|e| format!("undecodable state: {e}"))?;
@@ -328,6 +385,7 @@ mod tests {
                 member_id: 7,
                 alarm: 1,
             }],
+            removed_members: vec![8, 9],
             ..Default::default()
         };
         write(dir.path(), &state).unwrap();
@@ -335,6 +393,7 @@ mod tests {
         assert_eq!(back.raft_index, 42);
         assert_eq!(back.auth, state.auth);
         assert_eq!(back.members, state.members);
+        assert_eq!(back.removed_members, vec![8, 9]);
 
         let path = dir.path().join(CHECKPOINT_FILE_NAME);
         let mut bytes = fs::read(&path).unwrap();
@@ -366,5 +425,28 @@ mod tests {
         assert_eq!((state.raft_index, state.revision), (9, 4));
         assert_eq!(state.layout_name(), "shards-3");
         assert_eq!(layout_shard_count("shards-3-at-77"), Some(3));
+    }
+
+    #[test]
+    fn a_version_2_file_reads_with_no_removed_members() {
+        let v2 = CheckpointStateV2 {
+            format_version: 2,
+            raft_index: 11,
+            shard_count: 1,
+            layout: "shards-1-at-5".into(),
+            revision: 6,
+            ..Default::default()
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&v2).unwrap();
+        let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[RECORD_TYPE_STATE_V2]), &payload);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes.push(RECORD_TYPE_STATE_V2);
+        bytes.extend_from_slice(&payload);
+        let state = decode_state(&bytes).unwrap();
+        assert_eq!((state.raft_index, state.revision), (11, 6));
+        assert_eq!(state.layout_name(), "shards-1-at-5");
+        assert!(state.removed_members.is_empty());
+        assert_eq!(state.format_version, FORMAT_VERSION);
     }
 }

@@ -2,7 +2,7 @@
 //! seeded from --initial-cluster and changed only by applied raft entries (add, remove and
 //! promote by conf-change entries, peer URLs and attributes by normal ones).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -16,6 +16,8 @@ pub struct Member {
 #[derive(Debug, Default)]
 pub struct Members {
     by_id: BTreeMap<u64, Member>,
+    /// Every member removed so far (etcd's `members_removed`): a removal is permanent.
+    removed: BTreeSet<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +36,18 @@ impl Members {
     pub fn new(initial: Vec<Member>) -> Self {
         Members {
             by_id: initial.into_iter().map(|m| (m.id, m)).collect(),
+            removed: BTreeSet::new(),
         }
+    }
+
+    /// The IDs of every member removed so far, ascending.
+    pub fn removed_ids(&self) -> Vec<u64> {
+        self.removed.iter().copied().collect()
+    }
+
+    /// The removed members a checkpoint recorded.
+    pub fn restore_removed(&mut self, ids: &[u64]) {
+        self.removed.extend(ids.iter().copied());
     }
 
     pub fn list(&self) -> Vec<Member> {
@@ -68,7 +81,9 @@ impl Members {
     }
 
     pub fn remove(&mut self, id: u64) -> Result<Member, MemberError> {
-        self.by_id.remove(&id).ok_or(MemberError::NotFound)
+        let member = self.by_id.remove(&id).ok_or(MemberError::NotFound)?;
+        self.removed.insert(id);
+        Ok(member)
     }
 
     /// Makes a learner a voting member.
@@ -164,5 +179,6 @@ mod tests {
         ms.add(learner(3, "http://c:1")).unwrap();
         assert_eq!(ms.remove(3).map(|m| m.id), Ok(3));
         assert_eq!(ms.remove(3), Err(MemberError::NotFound));
+        assert_eq!(ms.removed_ids(), vec![3]);
     }
 }

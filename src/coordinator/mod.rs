@@ -189,6 +189,11 @@ impl CoordinatorHandle {
         }
     }
 
+    /// etcd's request timeout, for work that waits on other members (a forwarded promotion).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     pub async fn propose(&self, req: WriteRequest) -> Result<WriteOutcome, EtcdError> {
         self.ask_within(|reply| CoordMsg::Propose { req, reply })
             .await?

@@ -221,10 +221,15 @@ impl raft::Storage for RaftStore {
     fn last_index(&self) -> raft::Result<u64> {
         self.mem.last_index()
     }
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let first = self.mem.first_index()?;
         if let Some(image) = &self.slot.borrow().image {
-            if image.index() >= request_index && image.index() + 1 >= first {
+            // An image from before `to` was added does not name it in its configuration, and
+            // raft's follower refuses such a snapshot (a joining member would be sent the
+            // same refused image forever): a newer one is built instead.
+            let names_receiver =
+                image.state.voters.contains(&to) || image.state.learners.contains(&to);
+            if image.index() >= request_index && image.index() + 1 >= first && names_receiver {
                 return Ok(snapshot_of(image));
             }
         }
@@ -249,6 +254,44 @@ pub fn conf_change_of(req: &WriteRequest) -> Option<ConfChangeSingle> {
     cc.set_change_type(kind);
     cc.node_id = node_id;
     Some(cc)
+}
+
+/// The member IDs raft's configuration holds after `entries` (every conf change in them
+/// applied to `conf_state`), as etcd's getIDs computes them for --force-new-cluster.
+fn members_after(conf_state: &ConfState, entries: &[Entry]) -> anyhow::Result<Vec<u64>> {
+    let mut ids: std::collections::BTreeSet<u64> = conf_state
+        .voters
+        .iter()
+        .chain(&conf_state.learners)
+        .copied()
+        .collect();
+    for entry in entries {
+        let changes: Vec<(ConfChangeType, u64)> = match entry.get_entry_type() {
+            raft::eraftpb::EntryType::EntryConfChangeV2 => {
+                ConfChangeV2::parse_from_bytes(&entry.data)?
+                    .changes
+                    .iter()
+                    .map(|c| (c.get_change_type(), c.node_id))
+                    .collect()
+            }
+            raft::eraftpb::EntryType::EntryConfChange => {
+                let cc = raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)?;
+                vec![(cc.get_change_type(), cc.node_id)]
+            }
+            raft::eraftpb::EntryType::EntryNormal => continue,
+        };
+        for (kind, id) in changes {
+            match kind {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    ids.insert(id);
+                }
+                ConfChangeType::RemoveNode => {
+                    ids.remove(&id);
+                }
+            }
+        }
+    }
+    Ok(ids.into_iter().collect())
 }
 
 /// Raft's view of an image: its index, term and configuration. The body travels apart.
@@ -284,6 +327,10 @@ pub struct RaftBoot {
     /// --strict-reconfig-check: the leader refuses a voter add or remove that the members it
     /// has heard from lately could not survive.
     pub strict_reconfig_check: bool,
+    /// --force-new-cluster: `entries` hold only committed entries, and conf changes removing
+    /// every other member are appended and committed before anything else happens (etcd's
+    /// restartAsStandaloneNode), so this member becomes a one-member cluster with its data.
+    pub force_new_cluster: bool,
 }
 
 pub struct RaftNode<T: Transport, L: RaftLog, C: Clock> {
@@ -403,6 +450,52 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             &logger,
         )?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(boot.seed);
+        let mut next_request_id = boot.seed | 1;
+        if boot.force_new_cluster {
+            let others = members_after(&boot.conf_state, &boot.entries)?
+                .into_iter()
+                .filter(|id| *id != boot.member_id)
+                .collect::<Vec<_>>();
+            if !members_after(&boot.conf_state, &boot.entries)?.contains(&boot.member_id) {
+                anyhow::bail!(
+                    "--force-new-cluster: this member ({}) is not in the configuration its log \
+                     ends with",
+                    crate::ids::format_id(boot.member_id)
+                );
+            }
+            let term = node.raft.term.max(1);
+            let mut index = node.raft.raft_log.last_index();
+            let mut appended = Vec::new();
+            for id in others {
+                index += 1;
+                let mut cc = ConfChangeV2::default();
+                let mut change = ConfChangeSingle::default();
+                change.set_change_type(ConfChangeType::RemoveNode);
+                change.node_id = id;
+                cc.mut_changes().push(change);
+                cc.context =
+                    codec::encode(next_request_id, &WriteRequest::MemberRemove { id }).into();
+                next_request_id = next_request_id.wrapping_add(1);
+                let mut entry = Entry::default();
+                entry.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+                entry.term = term;
+                entry.index = index;
+                entry.data = cc.write_to_bytes()?.into();
+                appended.push(entry);
+            }
+            crate::log_info!(
+                "forcing restart member as a standalone cluster",
+                "local-member-id" => crate::ids::format_id(boot.member_id),
+                "commit-index" => node.raft.raft_log.committed,
+                "removed-members" => appended.len()
+            );
+            if !appended.is_empty() {
+                // Into raft's unstable log: the first Ready persists them to the WAL, and
+                // they commit at once (they are committed by fiat, as etcd's are).
+                node.raft.raft_log.append(&appended);
+                node.raft.raft_log.commit_to(index);
+            }
+        }
         let voters = node.raft.prs().conf().voters().ids().len();
         let single_voter = node.raft.prs().conf().voters().contains(boot.member_id)
             && voters == 1
@@ -442,7 +535,7 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             heartbeat_interval: boot.heartbeat_interval,
             election_ticks: boot.election_ticks,
             quota_bytes: boot.quota_bytes,
-            next_request_id: boot.seed | 1,
+            next_request_id,
             next_read_ctx: 1,
             reads_in_raft: BTreeMap::new(),
             batch: ApplyBatch::default(),
@@ -932,6 +1025,22 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             let is_leader = ss.raft_state == StateRole::Leader;
             self.published.leader.store(leader_id, Ordering::Release);
             if leader_id != self.last_leader {
+                // etcd's raft log lines, which operators and etcd's e2e tests look for.
+                let term = self.node.raft.term;
+                if is_leader {
+                    crate::log_info!(format!("{:x} became leader at term {term}", self.member_id));
+                }
+                if leader_id != raft::INVALID_ID {
+                    crate::log_info!(format!(
+                        "raft.node: {:x} elected leader {leader_id:x} at term {term}",
+                        self.member_id
+                    ));
+                } else {
+                    crate::log_info!(format!(
+                        "raft.node: {:x} lost leader {:x} at term {term}",
+                        self.member_id, self.last_leader
+                    ));
+                }
                 // etcd: a read waiting for its index when the leader changes fails.
                 for (_, (batch, _)) in std::mem::take(&mut self.reads_in_raft) {
                     for r in batch {

@@ -1,7 +1,8 @@
 //! Requests one member sends another over the peer transport and waits an answer for: a
 //! follower forwarding a lease keep-alive or a lease TTL query to the leader (only the leader
-//! keeps lease time), and a joining member asking for the member list. The transport carries
-//! them as opaque bytes; this is their encoding.
+//! keeps lease time), a joining member asking for the member list and the cluster ID, and a
+//! follower forwarding a learner's promotion to the leader (only the leader knows whether the
+//! learner is in sync). The transport carries them as opaque bytes; this is their encoding.
 //!
 //! Layout: a tag byte, then the fields: integers as little-endian fixed width, strings and
 //! byte strings as a u32 LE length and the bytes. Every decode checks lengths before reading.
@@ -14,9 +15,18 @@ use crate::error::EtcdError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerRequest {
-    LeaseKeepAlive { id: i64 },
-    LeaseTimeToLive { id: i64, keys: bool },
+    LeaseKeepAlive {
+        id: i64,
+    },
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+    },
     MemberList,
+    /// etcd's `/members/promote/<id>`: promote the learner `id`, on the leader.
+    MemberPromote {
+        id: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -24,7 +34,14 @@ pub enum PeerResponse {
     /// The TTL after the renewal, `None` for an unknown lease.
     LeaseKeepAlive(Result<Option<i64>, EtcdError>),
     LeaseTimeToLive(Result<Option<LeaseInfo>, EtcdError>),
-    MemberList(Vec<Member>),
+    /// The cluster's ID and its members (etcd's `/members` answer and its
+    /// `X-Etcd-Cluster-ID` header).
+    MemberList {
+        cluster_id: u64,
+        members: Vec<Member>,
+    },
+    /// The members after the promotion, or the leader's refusal.
+    MemberPromote(Result<Vec<Member>, EtcdError>),
     /// The receiver could not read the request.
     Refused(String),
 }
@@ -39,16 +56,26 @@ const LIST_MAX: u32 = 1 << 20;
 const REQ_KEEP_ALIVE: u8 = 1;
 const REQ_TIME_TO_LIVE: u8 = 2;
 const REQ_MEMBER_LIST: u8 = 3;
+const REQ_MEMBER_PROMOTE: u8 = 4;
 
 const RESP_KEEP_ALIVE: u8 = 1;
 const RESP_TIME_TO_LIVE: u8 = 2;
 const RESP_MEMBER_LIST: u8 = 3;
 const RESP_REFUSED: u8 = 4;
+const RESP_MEMBER_PROMOTE: u8 = 5;
 
 /// The errors a forwarded lease call can meet on the leader.
 const ERR_NO_LEADER: u8 = 1;
 const ERR_NOT_LEADER: u8 = 2;
 const ERR_OTHER: u8 = 3;
+/// The refusals of a forwarded promotion, each named so the follower answers etcd's error.
+const ERR_MEMBER_NOT_FOUND: u8 = 4;
+const ERR_LEARNER_NOT_READY: u8 = 5;
+const ERR_MEMBER_NOT_LEARNER: u8 = 6;
+const ERR_NOT_ENOUGH_STARTED: u8 = 7;
+const ERR_UNHEALTHY: u8 = 8;
+const ERR_LEADER_CHANGED: u8 = 9;
+const ERR_STOPPED: u8 = 10;
 
 pub fn encode_request(req: &PeerRequest) -> Bytes {
     let mut out = BytesMut::new();
@@ -63,6 +90,10 @@ pub fn encode_request(req: &PeerRequest) -> Bytes {
             out.put_u8(u8::from(*keys));
         }
         PeerRequest::MemberList => out.put_u8(REQ_MEMBER_LIST),
+        PeerRequest::MemberPromote { id } => {
+            out.put_u8(REQ_MEMBER_PROMOTE);
+            out.put_u64_le(*id);
+        }
     }
     out.freeze()
 }
@@ -77,6 +108,9 @@ pub fn decode_request(mut buf: &[u8]) -> Result<PeerRequest, RpcDecodeError> {
             keys: get_u8(&mut buf)? != 0,
         },
         REQ_MEMBER_LIST => PeerRequest::MemberList,
+        REQ_MEMBER_PROMOTE => PeerRequest::MemberPromote {
+            id: get_u64(&mut buf)?,
+        },
         _ => return Err(RpcDecodeError("unknown request tag")),
     };
     end(buf)?;
@@ -116,15 +150,22 @@ pub fn encode_response(resp: &PeerResponse) -> Bytes {
                 Err(e) => put_error(&mut out, e),
             }
         }
-        PeerResponse::MemberList(members) => {
+        PeerResponse::MemberList {
+            cluster_id,
+            members,
+        } => {
             out.put_u8(RESP_MEMBER_LIST);
-            out.put_u32_le(members.len() as u32);
-            for m in members {
-                out.put_u64_le(m.id);
-                put_bytes(&mut out, m.name.as_bytes());
-                put_strings(&mut out, &m.peer_urls);
-                put_strings(&mut out, &m.client_urls);
-                out.put_u8(u8::from(m.is_learner));
+            out.put_u64_le(*cluster_id);
+            put_members(&mut out, members);
+        }
+        PeerResponse::MemberPromote(r) => {
+            out.put_u8(RESP_MEMBER_PROMOTE);
+            match r {
+                Ok(members) => {
+                    out.put_u8(0);
+                    put_members(&mut out, members);
+                }
+                Err(e) => put_error(&mut out, e),
             }
         }
         PeerResponse::Refused(reason) => {
@@ -162,25 +203,14 @@ pub fn decode_response(mut buf: &[u8]) -> Result<PeerResponse, RpcDecodeError> {
                 }
             }
         }),
-        RESP_MEMBER_LIST => {
-            let n = get_len(&mut buf)?;
-            let mut members = Vec::new();
-            for _ in 0..n {
-                let id = get_u64(&mut buf)?;
-                let name = get_string(&mut buf)?;
-                let peer_urls = get_strings(&mut buf)?;
-                let client_urls = get_strings(&mut buf)?;
-                let is_learner = get_u8(&mut buf)? != 0;
-                members.push(Member {
-                    id,
-                    name,
-                    peer_urls,
-                    client_urls,
-                    is_learner,
-                });
-            }
-            PeerResponse::MemberList(members)
-        }
+        RESP_MEMBER_LIST => PeerResponse::MemberList {
+            cluster_id: get_u64(&mut buf)?,
+            members: get_members(&mut buf)?,
+        },
+        RESP_MEMBER_PROMOTE => PeerResponse::MemberPromote(match get_error(&mut buf)? {
+            Some(e) => Err(e),
+            None => Ok(get_members(&mut buf)?),
+        }),
         RESP_REFUSED => PeerResponse::Refused(get_string(&mut buf)?),
         _ => return Err(RpcDecodeError("unknown response tag")),
     };
@@ -188,10 +218,48 @@ pub fn decode_response(mut buf: &[u8]) -> Result<PeerResponse, RpcDecodeError> {
     Ok(resp)
 }
 
+fn put_members(out: &mut BytesMut, members: &[Member]) {
+    out.put_u32_le(members.len() as u32);
+    for m in members {
+        out.put_u64_le(m.id);
+        put_bytes(out, m.name.as_bytes());
+        put_strings(out, &m.peer_urls);
+        put_strings(out, &m.client_urls);
+        out.put_u8(u8::from(m.is_learner));
+    }
+}
+
+fn get_members(buf: &mut &[u8]) -> Result<Vec<Member>, RpcDecodeError> {
+    let n = get_len(buf)?;
+    let mut members = Vec::new();
+    for _ in 0..n {
+        let id = get_u64(buf)?;
+        let name = get_string(buf)?;
+        let peer_urls = get_strings(buf)?;
+        let client_urls = get_strings(buf)?;
+        let is_learner = get_u8(buf)? != 0;
+        members.push(Member {
+            id,
+            name,
+            peer_urls,
+            client_urls,
+            is_learner,
+        });
+    }
+    Ok(members)
+}
+
 fn put_error(out: &mut BytesMut, e: &EtcdError) {
     out.put_u8(match e {
         EtcdError::NoLeader => ERR_NO_LEADER,
         EtcdError::NotLeader => ERR_NOT_LEADER,
+        EtcdError::MemberNotFound => ERR_MEMBER_NOT_FOUND,
+        EtcdError::LearnerNotReady => ERR_LEARNER_NOT_READY,
+        EtcdError::MemberNotLearner => ERR_MEMBER_NOT_LEARNER,
+        EtcdError::NotEnoughStartedMembers => ERR_NOT_ENOUGH_STARTED,
+        EtcdError::Unhealthy => ERR_UNHEALTHY,
+        EtcdError::LeaderChanged => ERR_LEADER_CHANGED,
+        EtcdError::Stopped => ERR_STOPPED,
         _ => ERR_OTHER,
     });
 }
@@ -203,6 +271,13 @@ fn get_error(buf: &mut &[u8]) -> Result<Option<EtcdError>, RpcDecodeError> {
         ERR_NOT_LEADER => Some(EtcdError::NotLeader),
         // The leader failed in a way the follower cannot name: the client retries.
         ERR_OTHER => Some(EtcdError::Timeout),
+        ERR_MEMBER_NOT_FOUND => Some(EtcdError::MemberNotFound),
+        ERR_LEARNER_NOT_READY => Some(EtcdError::LearnerNotReady),
+        ERR_MEMBER_NOT_LEARNER => Some(EtcdError::MemberNotLearner),
+        ERR_NOT_ENOUGH_STARTED => Some(EtcdError::NotEnoughStartedMembers),
+        ERR_UNHEALTHY => Some(EtcdError::Unhealthy),
+        ERR_LEADER_CHANGED => Some(EtcdError::LeaderChanged),
+        ERR_STOPPED => Some(EtcdError::Stopped),
         _ => return Err(RpcDecodeError("unknown error code")),
     })
 }
@@ -305,6 +380,7 @@ mod tests {
             PeerRequest::LeaseKeepAlive { id: 7 },
             PeerRequest::LeaseTimeToLive { id: -3, keys: true },
             PeerRequest::MemberList,
+            PeerRequest::MemberPromote { id: 0xfeed },
         ] {
             assert_eq!(decode_request(&encode_request(&req)).unwrap(), req);
         }
@@ -315,10 +391,27 @@ mod tests {
             client_urls: vec![],
             is_learner: true,
         }];
-        match decode_response(&encode_response(&PeerResponse::MemberList(members.clone()))).unwrap()
+        match decode_response(&encode_response(&PeerResponse::MemberList {
+            cluster_id: 0x1234,
+            members: members.clone(),
+        }))
+        .unwrap()
         {
-            PeerResponse::MemberList(m) => assert_eq!(m, members),
+            PeerResponse::MemberList {
+                cluster_id: 0x1234,
+                members: m,
+            } => assert_eq!(m, members),
             other => panic!("{other:?}"),
+        }
+        for answer in [Ok(members.clone()), Err(EtcdError::LearnerNotReady)] {
+            match decode_response(&encode_response(&PeerResponse::MemberPromote(
+                answer.clone(),
+            )))
+            .unwrap()
+            {
+                PeerResponse::MemberPromote(got) => assert_eq!(got, answer),
+                other => panic!("{other:?}"),
+            }
         }
         match decode_response(&encode_response(&PeerResponse::LeaseKeepAlive(Err(
             EtcdError::NotLeader,

@@ -30,7 +30,7 @@ pub const JOBS_QUEUED_MAX: usize = 1024;
 /// the queue above fills and callers wait.
 pub const JOBS_RUNNING_MAX: usize = 1024;
 
-enum Target {
+pub(super) enum Target {
     Member(u64),
     Url(String),
 }
@@ -171,7 +171,11 @@ async fn run_jobs(inner: std::rc::Weak<Inner>, queue: flume::Receiver<Job>) {
     }
 }
 
-async fn call(inner: &Rc<Inner>, target: Target, body: Bytes) -> Result<Bytes, PeerError> {
+pub(super) async fn call(
+    inner: &Rc<Inner>,
+    target: Target,
+    body: Bytes,
+) -> Result<Bytes, PeerError> {
     match target {
         Target::Member(to) => {
             let connection = inner.requests.get_or_open(inner, to).await?;

@@ -19,6 +19,7 @@
 
 mod client;
 mod conn;
+pub mod join;
 mod listener;
 mod transport;
 pub mod wire;

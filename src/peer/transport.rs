@@ -229,7 +229,7 @@ impl Tasks {
         }
     }
 
-    fn shutdown(&self) {
+    pub(super) fn shutdown(&self) {
         self.closed.set(true);
         let handles: Vec<_> = self.handles.borrow_mut().drain().map(|(_, h)| h).collect();
         for handle in handles {
@@ -264,6 +264,28 @@ pub(super) struct Inner {
 }
 
 impl Inner {
+    /// The shared state with nothing running yet: no listener, no links.
+    pub fn new(
+        options: PeerOptions,
+        inbox: flume::Sender<PeerIncoming>,
+        snapshot_queue: Option<TaskQueueHandle>,
+    ) -> Rc<Inner> {
+        Rc::new(Inner {
+            member_id: Cell::new(options.member_id),
+            cluster_id: Cell::new(options.cluster_id),
+            options,
+            inbox,
+            links: RefCell::new(HashMap::new()),
+            removed: RefCell::new(HashSet::new()),
+            incoming: RefCell::new(HashMap::new()),
+            next_incoming: Cell::new(1),
+            tasks: Tasks::new(),
+            stats: RefCell::new(PeerStats::default()),
+            snapshot_queue,
+            requests: Default::default(),
+        })
+    }
+
     pub fn member_id(&self) -> u64 {
         self.member_id.get()
     }
@@ -885,20 +907,7 @@ impl PeerTransport {
             glommio::Latency::NotImportant,
             "peer-snapshots",
         );
-        let inner = Rc::new(Inner {
-            member_id: Cell::new(options.member_id),
-            cluster_id: Cell::new(options.cluster_id),
-            options,
-            inbox,
-            links: RefCell::new(HashMap::new()),
-            removed: RefCell::new(HashSet::new()),
-            incoming: RefCell::new(HashMap::new()),
-            next_incoming: Cell::new(1),
-            tasks: Tasks::new(),
-            stats: RefCell::new(PeerStats::default()),
-            snapshot_queue: Some(snapshot_queue),
-            requests: Default::default(),
-        });
+        let inner = Inner::new(options, inbox, Some(snapshot_queue));
         for ((listener, spec), addr) in bound.into_iter().zip(&listen_addrs) {
             let policy = Rc::new(conn::AcceptPolicy {
                 tls: if spec.secure {

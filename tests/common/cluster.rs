@@ -117,6 +117,11 @@ pub struct Member {
     pub data_dir: PathBuf,
     child: Option<Child>,
     pub log: Arc<Mutex<String>>,
+    /// For a member that joins a running cluster: its --initial-cluster (with
+    /// --initial-cluster-state existing); `None` for the founding members.
+    joins: Option<String>,
+    /// Flags of this member only, after the cluster's.
+    pub extra_args: Vec<String>,
 }
 
 impl Member {
@@ -131,6 +136,10 @@ impl Member {
     }
     pub async fn client(&self) -> Client {
         Client::connect(&self.url()).await
+    }
+    /// The peer URL the others reach this member at (its proxy's).
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
     }
 }
 
@@ -168,6 +177,8 @@ impl Cluster {
                 data_dir: dir.path().join(format!("m{i}")),
                 child: None,
                 log: Arc::default(),
+                joins: None,
+                extra_args: Vec::new(),
             });
         }
         let initial_cluster = members
@@ -221,12 +232,20 @@ impl Cluster {
                 &format!("http://127.0.0.1:{}", m.peer_port),
                 "--initial-advertise-peer-urls",
                 &format!("http://127.0.0.1:{}", m.proxy_port),
-                "--initial-cluster",
-                &self.initial_cluster,
                 "--initial-cluster-token",
                 "test-cluster",
-            ])
-            .args(&self.extra_args)
+            ]);
+        match &m.joins {
+            Some(initial_cluster) => cmd.args([
+                "--initial-cluster",
+                initial_cluster,
+                "--initial-cluster-state",
+                "existing",
+            ]),
+            None => cmd.args(["--initial-cluster", &self.initial_cluster]),
+        };
+        cmd.args(&self.extra_args)
+            .args(&m.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -282,6 +301,70 @@ impl Cluster {
             .expect("the member logs its identity");
         self.members[i].id = id;
         self.owners[i].store(id, Ordering::SeqCst);
+    }
+
+    /// A new member (`m<index>`), with its ports and its proxy, not started: add it with
+    /// `member add` at [`Member::peer_url`], then [`Cluster::start_joining`].
+    pub fn new_member(&mut self) -> usize {
+        let i = self.members.len();
+        let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_port = proxy.local_addr().unwrap().port();
+        let member = Member {
+            name: format!("m{i}"),
+            id: 0,
+            client_port: free_port(),
+            peer_port: free_port(),
+            proxy_port,
+            data_dir: self._dir.path().join(format!("m{i}")),
+            child: None,
+            log: Arc::default(),
+            joins: None,
+            extra_args: Vec::new(),
+        };
+        let owner: Arc<AtomicU64> = Arc::default();
+        self.proxies.push(Proxy::start(
+            proxy,
+            member.peer_port,
+            owner.clone(),
+            self.cut.clone(),
+        ));
+        self.owners.push(owner);
+        self.members.push(member);
+        i
+    }
+
+    /// Starts member `i` with --initial-cluster-state existing and an --initial-cluster of
+    /// `cluster` (indices of the members the running cluster has, `i` among them), and waits
+    /// until it serves.
+    pub fn start_joining(&mut self, i: usize, cluster: &[usize]) {
+        assert!(!self.members[i].is_up());
+        let initial_cluster = cluster
+            .iter()
+            .map(|&j| format!("{}={}", self.members[j].name, self.members[j].peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.members[i].joins = Some(initial_cluster);
+        let rx = self.spawn(i);
+        self.wait_ready(i, rx);
+    }
+
+    /// Starts member `i` with --initial-cluster-state existing as [`Cluster::start_joining`]
+    /// does, expecting it to exit by itself within `within`; its exit status.
+    pub fn start_joining_expecting_exit(
+        &mut self,
+        i: usize,
+        initial_cluster: &str,
+        within: Duration,
+    ) -> std::process::ExitStatus {
+        self.members[i].joins = Some(initial_cluster.to_string());
+        let _ready = self.spawn(i);
+        self.wait_exit(i, within).unwrap_or_else(|| {
+            panic!(
+                "{} still runs; its log:\n{}",
+                self.members[i].name,
+                self.members[i].log.lock().unwrap()
+            )
+        })
     }
 
     /// SIGKILL.

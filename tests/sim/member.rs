@@ -306,6 +306,8 @@ impl SimMember {
         let applier = Applier::new(
             ApplierConfig {
                 member_id: self.id,
+                // The simulation's members never ask each other for the member list.
+                cluster_id: 0,
                 lease_ttl_min_secs: 2,
                 initial_members: initial_members.clone(),
                 // Frequent checkpoints: a restarted leader keeps only the log after its last
@@ -357,6 +359,7 @@ impl SimMember {
                     client_urls: vec![format!("sim://{}/client", self.name)],
                 },
                 strict_reconfig_check: true,
+                force_new_cluster: false,
             },
             SimLog {
                 disk: disk.clone(),
