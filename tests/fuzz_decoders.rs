@@ -365,8 +365,10 @@ fn fuzz_legacy_raft_entry_payloads() {
                 .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
             prop_assert_eq!(again, (id, req));
             // What it converts to reads back as the same request.
-            let mut entry = raft::eraftpb::Entry::default();
-            entry.data = bytes.clone().into();
+            let mut entry = raft::eraftpb::Entry {
+                data: bytes.clone().into(),
+                ..Default::default()
+            };
             if codec::convert_legacy_entry(&mut entry).is_ok() {
                 let converted = codec::decode(&entry.data)
                     .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
@@ -439,8 +441,10 @@ fn fuzz_wal_files() {
         std::fs::create_dir_all(&wal_dir).unwrap();
         let path = wal_dir.join(wal::WAL_FILE_NAME);
         std::fs::write(&path, &bytes).unwrap();
-        let mut mark = raft::eraftpb::SnapshotMetadata::default();
-        mark.index = checkpoint;
+        let mark = raft::eraftpb::SnapshotMetadata {
+            index: checkpoint,
+            ..Default::default()
+        };
         match wal::recover(&wal_dir, &dir.path().join("snap"), &mark) {
             Ok(recovered) => {
                 // Whatever was accepted is a prefix of the file, in order, and its entries

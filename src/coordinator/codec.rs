@@ -858,8 +858,10 @@ fn auth_of(r: &pb::InternalRaftRequest) -> Result<Option<AuthRequest>, DecodeErr
 /// (etcd's `ConfigChangeContext`: `membership.Member` and `isPromote`) for an add or a
 /// promotion, empty for a removal. `None` for requests that are not conf changes.
 pub fn encode_conf_change(request_id: u64, req: &WriteRequest) -> Option<ConfChange> {
-    let mut cc = ConfChange::default();
-    cc.id = request_id;
+    let mut cc = ConfChange {
+        id: request_id,
+        ..Default::default()
+    };
     let member_json = |id: u64, peer_urls: &[String], is_learner: bool, is_promote: bool| {
         let mut json = serde_json::json!({ "id": id, "peerURLs": peer_urls });
         if is_learner {
@@ -1756,8 +1758,10 @@ mod tests {
                 assert_eq!(json["peerURLs"][0], m.peer_urls[0].as_str());
             }
             // The same change as an older rusd wrote it.
-            let mut old = ConfChangeV2::default();
-            old.context = encode_legacy(5, &req).into();
+            let old = ConfChangeV2 {
+                context: encode_legacy(5, &req).into(),
+                ..Default::default()
+            };
             let mut e = Entry::default();
             e.set_entry_type(EntryType::EntryConfChangeV2);
             e.data = old.write_to_bytes().unwrap().into();
@@ -1768,8 +1772,10 @@ mod tests {
             assert_eq!(decode_conf_change(&e).unwrap().1, req);
         }
         for req in every_request() {
-            let mut e = Entry::default();
-            e.data = encode_legacy(3, &req).into();
+            let mut e = Entry {
+                data: encode_legacy(3, &req).into(),
+                ..Default::default()
+            };
             convert_legacy_entry(&mut e).unwrap();
             assert_eq!(decode(&e.data).unwrap(), (3, req));
         }

@@ -760,9 +760,11 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
         // The term is raft's while it still has the entry (or the snapshot at it); the WAL
         // knows it otherwise. The configuration is today's: the WAL's snapshot record and
         // `.snap` file carry it for etcd's tools.
-        let mut snapshot = SnapshotMetadata::default();
-        snapshot.index = index;
-        snapshot.term = self.node.raft.raft_log.term(index).unwrap_or(0);
+        let mut snapshot = SnapshotMetadata {
+            index,
+            term: self.node.raft.raft_log.term(index).unwrap_or(0),
+            ..Default::default()
+        };
         snapshot.set_conf_state(self.node.raft.prs().conf().to_conf_state());
         self.log.checkpoint_saved(&snapshot)?;
         self.published

@@ -1073,9 +1073,11 @@ mod tests {
     }
 
     fn mark(index: u64, term: u64) -> SnapshotMetadata {
-        let mut m = SnapshotMetadata::default();
-        m.index = index;
-        m.term = term;
+        let mut m = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         m.set_conf_state(ConfState::from((vec![1], vec![])));
         m
     }

@@ -421,9 +421,11 @@ fn build(
     hard_state.vote = wal.member_id;
     hard_state.commit = entries.last().map_or(checkpoint_index, |e| e.index);
     let wal_dir = staging.join("wal");
-    let mut mark = raft::eraftpb::SnapshotMetadata::default();
-    mark.index = checkpoint_index;
-    mark.term = state.raft_term;
+    let mut mark = raft::eraftpb::SnapshotMetadata {
+        index: checkpoint_index,
+        term: state.raft_term,
+        ..Default::default()
+    };
     mark.set_conf_state(raft::eraftpb::ConfState::from((
         state.voters.clone(),
         state.learners.clone(),

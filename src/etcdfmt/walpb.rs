@@ -279,6 +279,9 @@ pub struct EtcdWal {
     pub entry_files: Vec<PathBuf>,
 }
 
+/// What `scan_file` hands each record to: its type, data and offset in the file.
+pub type RecordVisitor<'a> = dyn FnMut(i64, &[u8], u64) -> Result<(), String> + 'a;
+
 /// How a file's scan ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileEnd {
@@ -300,7 +303,7 @@ pub fn scan_file(
     path: &Path,
     is_last: bool,
     crc: &mut u32,
-    visit: &mut dyn FnMut(i64, &[u8], u64) -> Result<(), String>,
+    visit: &mut RecordVisitor<'_>,
 ) -> Result<FileEnd, WalpbError> {
     // Read record by record: etcd preallocates 64 MB per file, mostly zeros.
     let io = |source| WalpbError::Io {
