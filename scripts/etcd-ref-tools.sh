@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Build the etcd v3.5.17 reference tools (etcd, etcdctl, etcdutl, benchmark) from the Go
-# module proxy, through a small wrapper Go module (`go install pkg@version` refuses etcd's
-# modules because their go.mod files carry `replace` directives).
+# Build the etcd v3.5.17 reference tools (etcd, etcdctl, etcdutl, benchmark, etcd-dump-logs)
+# from the Go module proxy, through a small wrapper Go module (`go install pkg@version` refuses
+# etcd's modules because their go.mod files carry `replace` directives).
 #
 # Nothing of etcd is committed: everything lives in the cache dir
 #   ${RUSD_CACHE:-$HOME/.cache/rusd}/etcd-v3.5.17/
 #     tools/   wrapper module (go.mod requiring the etcd modules at v3.5.17)
-#     bin/     etcd etcdctl etcdutl benchmark
+#     bin/     etcd etcdctl etcdutl benchmark etcd-dump-logs
 #     bin/.<tool>.stamp   stamp: version + go version; a tool is rebuilt only if missing/stale
 #
 # Usage:
 #   scripts/etcd-ref-tools.sh [--print-bin-dir] [--force] [TOOL...]
-#     TOOL: etcd | etcdctl | etcdutl | benchmark  (default: all four)
+#     TOOL: etcd | etcdctl | etcdutl | benchmark | etcd-dump-logs  (default: all five)
 #     --print-bin-dir  only print the bin dir (build nothing)
 #     --force          rebuild even when the stamp is current
 # The last line of output is always the bin dir.
@@ -23,7 +23,7 @@ BASE="$CACHE_ROOT/etcd-$ETCD_VERSION"
 BIN_DIR="$BASE/bin"
 MOD_DIR="$BASE/tools"
 
-ALL_TOOLS=(etcd etcdctl etcdutl benchmark)
+ALL_TOOLS=(etcd etcdctl etcdutl benchmark etcd-dump-logs)
 tools=()
 force=0
 print_only=0
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --print-bin-dir) print_only=1 ;;
     --force) force=1 ;;
     -h|--help) usage; exit 0 ;;
-    etcd|etcdctl|etcdutl|benchmark) tools+=("$1") ;;
+    etcd|etcdctl|etcdutl|benchmark|etcd-dump-logs) tools+=("$1") ;;
     *) echo "etcd-ref-tools: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
@@ -55,6 +55,7 @@ pkg_of() {
     etcdctl) echo "go.etcd.io/etcd/etcdctl/v3" ;;
     etcdutl) echo "go.etcd.io/etcd/etcdutl/v3" ;;
     benchmark) echo "go.etcd.io/etcd/v3/tools/benchmark" ;;
+    etcd-dump-logs) echo "go.etcd.io/etcd/v3/tools/etcd-dump-logs" ;;
   esac
 }
 
@@ -97,6 +98,7 @@ import (
 	_ "go.etcd.io/etcd/etcdutl/v3"
 	_ "go.etcd.io/etcd/server/v3"
 	_ "go.etcd.io/etcd/v3/tools/benchmark"
+	_ "go.etcd.io/etcd/v3/tools/etcd-dump-logs"
 )
 EOF
 }

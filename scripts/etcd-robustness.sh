@@ -22,8 +22,7 @@
 #                        on: the stock validation, which reads each member's member/wal in
 #                        etcd's format. off: linearizability only, failed writes patched by
 #                        what the watches saw (watch and serializable checks skipped).
-#                        Default: off for rusd (its WAL is not in etcd's format yet), on for
-#                        etcd.
+#                        Default: on (rusd's member/wal is etcd's format).
 #   --out DIR            output dir (default <repo>/.robustness-out): log, summary.json, and
 #                        results/ (porcupine's history.html, member data, client operations)
 #                        for every failed run
@@ -43,7 +42,7 @@ PATCH="$SCRIPT_DIR/etcd-robustness.patch"
 PROFILES=(EtcdHighTraffic EtcdTrafficDeleteLeases KubernetesHighTraffic KubernetesLowTraffic)
 
 die() { echo "etcd-robustness: $*" >&2; exit 2; }
-usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
 
 against_etcd=0; binary=""; no_build=0; profile=all; cluster_size=1; failpoints=Kill
 count=1; seed=""; wal_validation=""; out_dir="$REPO_ROOT/.robustness-out"; timeout=60m
@@ -76,9 +75,7 @@ else
   profile_re="$profile"
 fi
 target=rusd; [ "$against_etcd" = 1 ] && target=etcd
-if [ -z "$wal_validation" ]; then
-  wal_validation=off; [ "$target" = etcd ] && wal_validation=on
-fi
+[ -z "$wal_validation" ] && wal_validation=on
 [[ "$wal_validation" =~ ^(on|off)$ ]] || die "--wal-validation must be on or off"
 gofail=0
 case ",$failpoints," in *=*) gofail=1 ;; esac

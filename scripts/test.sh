@@ -22,7 +22,8 @@ cargo test --release --workspace
 
 echo "== etcd robustness suite (v3.6.16): Kill on 1 and on 3 members, every traffic profile"
 cargo build --release --bin rusd
-# Linearizability with porcupine; watch validation needs etcd's WAL format (docs/robustness.md).
+# The stock validation: linearizability with porcupine, and the watch and serializable-read
+# checks against the persisted requests read from each member's member/wal (docs/robustness.md).
 # One retry, printed as FLAKY: the suite itself fails a run whose load generator fell below its
 # minimal QPS on a busy machine, and porcupine can time out (inconclusive); both were seen
 # about once in 200 runs (docs/robustness.md).

@@ -65,7 +65,25 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut checkpoint =
         coordinator::checkpoint::read(&coordinator::checkpoint::checkpoint_dir(&cfg.data_dir))?;
     let checkpoint_index = checkpoint.as_ref().map_or(0, |c| c.raft_index);
-    let mut recovered = wal::recover(&wal_dir, checkpoint_index).context("recovering the WAL")?;
+    let snap_dir = wal::snap_dir(&cfg.data_dir);
+    let mut checkpoint_mark = raft::eraftpb::SnapshotMetadata::default();
+    if let Some(c) = &checkpoint {
+        checkpoint_mark.index = c.raft_index;
+        checkpoint_mark.term = c.raft_term;
+        checkpoint_mark.set_conf_state(raft::eraftpb::ConfState::from((
+            c.voters.clone(),
+            c.learners.clone(),
+        )));
+    }
+    let mut recovered =
+        wal::recover(&wal_dir, &snap_dir, &checkpoint_mark).context("recovering the WAL")?;
+    if let Some(old) = &recovered.converted_from {
+        log_info!(
+            "converted the WAL to etcd's format",
+            "wal-dir" => wal_dir.display().to_string(),
+            "old-wal-moved-to" => old.display().to_string()
+        );
+    }
     if recovered.truncated_bytes > 0 {
         log_warn!(
             "truncated a torn write at the end of the WAL",
@@ -118,7 +136,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 member_id: me.1,
                 cluster_id: ids::initial_cluster_id(&cfg),
             };
-            wal::bootstrap(&wal_dir, &mut recovered, m)?;
+            wal::bootstrap(&wal_dir, &snap_dir, &mut recovered, m)?;
             m
         }
     };
@@ -315,6 +333,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         recovered,
         restored,
         wal_dir: wal_dir.clone(),
+        wal_options: wal::WalOptions {
+            snap_dir,
+            max_wal_files: cfg.max_wals as usize,
+            max_snap_files: cfg.max_snapshots as usize,
+            segment_bytes: wal::SEGMENT_BYTES,
+        },
         checkpoint_dir: coordinator::checkpoint::checkpoint_dir(&cfg.data_dir),
         boot,
         applier: ApplierConfig {
@@ -535,6 +559,7 @@ struct CoordinatorParts {
     recovered: wal::Recovered,
     restored: Restored,
     wal_dir: std::path::PathBuf,
+    wal_options: wal::WalOptions,
     checkpoint_dir: std::path::PathBuf,
     boot: RaftBoot,
     applier: ApplierConfig,
@@ -589,6 +614,7 @@ fn start_coordinator(
         recovered,
         restored,
         wal_dir,
+        wal_options,
         checkpoint_dir,
         boot,
         applier,
@@ -650,7 +676,7 @@ fn start_coordinator(
         "raft node",
         raft_queue,
         Box::pin(async move {
-            let wal = wal::Wal::open(&wal_dir, &recovered).await?;
+            let wal = wal::Wal::open(&wal_dir, &recovered, wal_options).await?;
             let node = RaftNode::new(
                 boot,
                 FileRaftLog::new(wal),

@@ -2,9 +2,10 @@
 //! start-up with a clear error (no panic); a torn WAL tail must be cut off at start-up with every
 //! acknowledged write before it kept. Each test runs with `--shards 1` and `--shards 2`.
 //!
-//! The WAL tests read the record framing documented in src/coordinator/wal.rs:
-//! `len: u32 LE | crc32c: u32 LE | type: u8 | payload (len bytes)`, types 1 = raft entry,
-//! 2 = hard state, 3 = member metadata.
+//! The WAL tests read etcd's record framing (src/etcdfmt/walpb.rs): an 8-byte little-endian
+//! length field (padding in its top byte), then `walpb.Record{type = 1, crc = 2, data = 3}`
+//! and zero padding to 8 bytes; types 1 = metadata, 2 = raft entry, 3 = hard state, 4 = CRC,
+//! 5 = snapshot. Files are preallocated: the records end at the first zero length field.
 
 mod common;
 
@@ -15,21 +16,40 @@ use std::time::Duration;
 
 use common::{b, each_shards, Client, Rng, Server};
 
-const HEADER: usize = 9;
-const TYPE_ENTRY: u8 = 1;
+const HEADER: usize = 8;
+const TYPE_ENTRY: u8 = 2;
 
-/// (offset, payload length, type) of every whole record; panics on a torn tail.
+/// (offset, record length, type) of every whole record, up to the zeroed end; panics on a
+/// frame that runs past the end of the file.
 fn records(data: &[u8]) -> Vec<(usize, usize, u8)> {
     let mut out = Vec::new();
     let mut off = 0;
-    while off < data.len() {
-        assert!(off + HEADER <= data.len(), "torn header at {off}");
-        let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as usize;
-        assert!(off + HEADER + len <= data.len(), "torn record at {off}");
-        out.push((off, len, data[off + 8]));
-        off += HEADER + len;
+    while off + HEADER <= data.len() {
+        let field = u64::from_le_bytes(data[off..off + 8].try_into().unwrap());
+        if field == 0 {
+            break;
+        }
+        let len = (field & !(0xff << 56)) as usize;
+        let padding = if field >> 63 == 1 {
+            ((field >> 56) & 7) as usize
+        } else {
+            0
+        };
+        assert!(
+            off + HEADER + len + padding <= data.len(),
+            "torn record at {off}"
+        );
+        // The record's first field is its type: 0x08, then the type as a one-byte varint.
+        out.push((off, len, data[off + HEADER + 1]));
+        off += HEADER + len + padding;
     }
     out
+}
+
+/// Where the records end (the zeroed, preallocated rest follows).
+fn records_end(recs: &[(usize, usize, u8)]) -> usize {
+    let (off, len, _) = *recs.last().unwrap();
+    (off + HEADER + len).div_ceil(8) * 8
 }
 
 fn the_wal(srv: &Server) -> PathBuf {
@@ -184,10 +204,11 @@ fn corrupt_wal_record_stops_startup_with_a_clear_error() {
         let pristine = std::fs::read(&wal).unwrap();
         let recs = records(&pristine);
 
-        // One bit of a payload in the middle of the file.
+        let end = records_end(&recs);
+        // One bit of a payload in the middle of the records.
         let mid = recs
             .iter()
-            .find(|(off, len, _)| off + HEADER + len >= pristine.len() / 2 && *len > 0)
+            .find(|(off, len, kind)| off + HEADER + len >= end / 2 && *kind == TYPE_ENTRY)
             .copied()
             .unwrap();
         let offset = mid.0 + HEADER + mid.1 / 2;
@@ -203,25 +224,29 @@ fn corrupt_wal_record_stops_startup_with_a_clear_error() {
             "a refused start-up changed the WAL"
         );
 
-        // A flipped checksum byte, and a flipped type byte, are caught the same way.
+        // A flipped checksum byte (the record's second field: 0x10, then the CRC), and a
+        // flipped type byte, are caught the same way.
         std::fs::write(&wal, &pristine).unwrap();
-        flip(&wal, mid.0 + 5, 0x01);
+        flip(&wal, mid.0 + HEADER + 3, 0x01);
         assert_clean_refusal(&srv.restart_expecting_failure(), &wal, mid.0);
         std::fs::write(&wal, &pristine).unwrap();
-        flip(&wal, mid.0 + 8, 0x02);
+        flip(&wal, mid.0 + HEADER + 1, 0x02);
         assert_clean_refusal(&srv.restart_expecting_failure(), &wal, mid.0);
 
-        // The byte in the exact middle of the file, whatever it belongs to.
+        // The byte in the exact middle of the records, whatever it belongs to.
         std::fs::write(&wal, &pristine).unwrap();
-        let mut middle = pristine.len() / 2;
+        let mut middle = end / 2;
         let rec = recs
             .iter()
-            .find(|(off, len, _)| middle < off + HEADER + len)
+            .find(|(off, len, _)| middle < (off + HEADER + len).div_ceil(8) * 8)
             .copied()
             .unwrap();
-        if middle < rec.0 + 4 {
+        if middle < rec.0 + HEADER {
             // A length field: that case has a test of its own; take the checksum instead.
-            middle += 4;
+            middle = rec.0 + HEADER + 3;
+        } else if middle >= rec.0 + HEADER + rec.1 {
+            // Padding, which no checksum covers (nor etcd's): take the record's last byte.
+            middle = rec.0 + HEADER + rec.1 - 1;
         }
         flip(&wal, middle, 0x80);
         assert_clean_refusal(&srv.restart_expecting_failure(), &wal, rec.0);
@@ -276,7 +301,7 @@ fn torn_wal_tail_is_cut_and_acknowledged_writes_survive() {
             let recs = records(&data);
             let last = *recs.last().unwrap();
             let keep = match cut {
-                "3 bytes" => data.len() - 3,
+                "3 bytes" => last.0 + HEADER + last.1 - 3,
                 "half the last record" => last.0 + (HEADER + last.1) / 2,
                 _ => last.0 + 4,
             };

@@ -354,6 +354,31 @@ fn write_request() -> impl Strategy<Value = WriteRequest> {
     })
 }
 
+/// rusd's first payload encoding, still read when an old WAL is converted.
+#[test]
+fn fuzz_legacy_raft_entry_payloads() {
+    let input =
+        damaged((any::<u64>(), write_request()).prop_map(|(id, r)| codec::encode_legacy(id, &r)));
+    fuzz_target("legacy-raft-entry-payload", input, |bytes| {
+        if let Ok((id, req)) = codec::decode_legacy(&bytes) {
+            let again = codec::decode_legacy(&codec::encode_legacy(id, &req))
+                .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            prop_assert_eq!(again, (id, req));
+            // What it converts to reads back as the same request.
+            let mut entry = raft::eraftpb::Entry {
+                data: bytes.clone().into(),
+                ..Default::default()
+            };
+            if codec::convert_legacy_entry(&mut entry).is_ok() {
+                let converted = codec::decode(&entry.data)
+                    .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                prop_assert_eq!(converted.0, id);
+            }
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn fuzz_raft_entry_payloads() {
     let input = damaged((any::<u64>(), write_request()).prop_map(|(id, r)| codec::encode(id, &r)));
@@ -377,19 +402,23 @@ fn wal_file() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec((1u64..4, write_request()), 0..8),
     )
         .prop_map(|(member_id, cluster_id, entries)| {
+            // etcd's layout of a first WAL file: CRC record, metadata, snapshot record.
             let mut out = Vec::new();
-            wal::frame_metadata(
+            let mut encoder = wal::Encoder::new(0);
+            encoder.crc_record(&mut out);
+            encoder.metadata(
                 &mut out,
                 wal::Metadata {
                     member_id,
                     cluster_id,
                 },
             );
+            encoder.snapshot(&mut out, 0, 0, None);
             let hard_state = raft::eraftpb::HardState {
                 term: 1,
                 ..Default::default()
             };
-            wal::frame_hard_state(&mut out, &hard_state);
+            encoder.hard_state(&mut out, &hard_state);
             for (i, (term, req)) in entries.iter().enumerate() {
                 let e = raft::eraftpb::Entry {
                     index: i as u64 + 1,
@@ -397,7 +426,7 @@ fn wal_file() -> impl Strategy<Value = Vec<u8>> {
                     data: codec::encode(i as u64, req).into(),
                     ..Default::default()
                 };
-                wal::frame_entry(&mut out, &e);
+                encoder.entry(&mut out, &e);
             }
             out
         })
@@ -408,9 +437,15 @@ fn fuzz_wal_files() {
     let dir = tempfile::tempdir().unwrap();
     let input = (damaged(wal_file()), 0u64..3);
     fuzz_target("wal-file", input, |(bytes, checkpoint)| {
-        let path = dir.path().join(wal::WAL_FILE_NAME);
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        let path = wal_dir.join(wal::WAL_FILE_NAME);
         std::fs::write(&path, &bytes).unwrap();
-        match wal::recover(dir.path(), checkpoint) {
+        let mark = raft::eraftpb::SnapshotMetadata {
+            index: checkpoint,
+            ..Default::default()
+        };
+        match wal::recover(&wal_dir, &dir.path().join("snap"), &mark) {
             Ok(recovered) => {
                 // Whatever was accepted is a prefix of the file, in order, and its entries
                 // decode (a committed entry that does not decode would stop the server).

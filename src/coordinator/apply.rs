@@ -1251,19 +1251,13 @@ impl<K: CheckpointStore, C: Clock> Applier<K, C> {
                 let result = self.execute(req).await?;
                 Ok(Some((id, result)))
             }
-            EntryType::EntryConfChangeV2 => {
-                let cc = <ConfChangeV2 as protobuf::Message>::parse_from_bytes(&e.data)
-                    .map_err(|err| anyhow::anyhow!("raft entry {}: {err}", e.index))?;
-                let (id, req) = codec::decode(&cc.context)
+            // etcd's conf changes; version 2 ones only in logs written before rusd wrote
+            // etcd's.
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                let (id, req, _) = codec::decode_conf_change(e)
                     .map_err(|err| anyhow::anyhow!("raft entry {}: {err}", e.index))?;
                 let result = self.change_membership(e.index, req).await?;
                 Ok(Some((id, result)))
-            }
-            EntryType::EntryConfChange => {
-                anyhow::bail!(
-                    "raft entry {}: rusd proposes only version 2 conf changes",
-                    e.index
-                )
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod seams;
 pub mod snapshot;
 pub mod transfer;
 pub mod wal;
+pub mod wal_legacy;
 pub mod watch;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};

@@ -21,7 +21,7 @@ use futures::future::{select, Either};
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, HardState, Message,
-    MessageType, Snapshot,
+    MessageType, Snapshot, SnapshotMetadata,
 };
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
@@ -850,9 +850,16 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
     }
 
     fn on_checkpoint_saved(&mut self, index: u64) -> anyhow::Result<()> {
-        let hard_state = self.node.store().mem.rl().hard_state().clone();
-        let next = self.node.raft.raft_log.last_index() + 1;
-        self.log.checkpoint_saved(index, next, &hard_state)?;
+        // The term is raft's while it still has the entry (or the snapshot at it); the WAL
+        // knows it otherwise. The configuration is today's: the WAL's snapshot record and
+        // `.snap` file carry it for etcd's tools.
+        let mut snapshot = SnapshotMetadata {
+            index,
+            term: self.node.raft.raft_log.term(index).unwrap_or(0),
+            ..Default::default()
+        };
+        snapshot.set_conf_state(self.node.raft.prs().conf().to_conf_state());
+        self.log.checkpoint_saved(&snapshot)?;
         self.published
             .wal_bytes
             .store(self.log.size_bytes(), Ordering::Release);
@@ -911,18 +918,16 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
         }
         let id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1);
-        let data = codec::encode(id, &req);
-        let proposed = match conf_change_of(&req) {
-            Some(change) => {
+        // A membership change raft must know of is a conf-change entry as etcd v3.5 writes
+        // it (`raftpb.ConfChange` with the member's JSON); anything else a normal entry.
+        let proposed = match codec::encode_conf_change(id, &req) {
+            Some(cc) => {
                 if let Err(e) = self.may_change_membership(&req) {
                     return refuse(reply, e);
                 }
-                let mut cc = ConfChangeV2::default();
-                cc.mut_changes().push(change);
-                cc.context = data.into();
                 self.node.propose_conf_change(Vec::new(), cc)
             }
-            None => self.node.propose(Vec::new(), data),
+            None => self.node.propose(Vec::new(), codec::encode(id, &req)),
         };
         match proposed {
             Ok(()) => {

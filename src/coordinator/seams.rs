@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use raft::eraftpb::{Entry, HardState};
+use raft::eraftpb::{Entry, HardState, SnapshotMetadata};
 
 use super::checkpoint::{self, CheckpointState};
 use super::wal;
@@ -51,15 +51,11 @@ pub trait RaftLog {
         entries: &'a [Entry],
         hard_state: Option<&'a HardState>,
     ) -> LocalFuture<'a, anyhow::Result<()>>;
-    /// A checkpoint covering every entry up to `index` is durable: entries at or below it are
-    /// never replayed again and their storage may go. `next_index` is the first index not yet
-    /// written, `hard_state` the current one (a new WAL file starts with it).
-    fn checkpoint_saved(
-        &mut self,
-        index: u64,
-        next_index: u64,
-        hard_state: &HardState,
-    ) -> anyhow::Result<()>;
+    /// A checkpoint covering every entry up to `snapshot.index` is durable: entries at or
+    /// below it are never replayed again and their storage may go. `snapshot` also carries the
+    /// checkpoint's term (0 if the caller does not know it) and the configuration, which the
+    /// WAL records as etcd records a snapshot.
+    fn checkpoint_saved(&mut self, snapshot: &SnapshotMetadata) -> anyhow::Result<()>;
     /// Bytes the log occupies (for Status and metrics).
     fn size_bytes(&self) -> u64;
 }
@@ -82,44 +78,22 @@ impl RaftLog for FileRaftLog {
         hard_state: Option<&'a HardState>,
     ) -> LocalFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let mut records = Vec::new();
-            let mut last_index = 0;
-            for e in entries {
-                wal::frame_entry(&mut records, e);
-                last_index = e.index;
-            }
-            if let Some(hs) = hard_state {
-                wal::frame_hard_state(&mut records, hs);
-            }
-            if records.is_empty() {
-                return Ok(());
-            }
             // A failed WAL write leaves us unable to promise durability: the caller stops the
             // member rather than acknowledge anything.
             self.wal
-                .append_and_sync(records, last_index)
+                .append_and_sync(entries, hard_state)
                 .await
                 .map_err(|e| anyhow::anyhow!("writing the WAL: {e}"))
         })
     }
 
-    fn checkpoint_saved(
-        &mut self,
-        index: u64,
-        next_index: u64,
-        hard_state: &HardState,
-    ) -> anyhow::Result<()> {
-        // Entries from here on go to a new file, so the older files end at or before
-        // `next_index - 1`; those wholly at or below the checkpoint are never replayed again.
+    fn checkpoint_saved(&mut self, snapshot: &SnapshotMetadata) -> anyhow::Result<()> {
         self.wal
-            .rotate(next_index, hard_state)
-            .map_err(|e| anyhow::anyhow!("rotating the WAL: {e}"))?;
-        self.wal
-            .remove_through(index)
-            .map_err(|e| anyhow::anyhow!("removing old WAL files: {e}"))?;
+            .checkpoint(snapshot)
+            .map_err(|e| anyhow::anyhow!("recording the checkpoint in the WAL: {e}"))?;
         crate::log_info!(
             "compacted Raft logs",
-            "compact-index" => index,
+            "compact-index" => snapshot.index,
             "wal-files" => self.wal.file_count()
         );
         Ok(())

@@ -421,22 +421,28 @@ fn build(
     hard_state.vote = wal.member_id;
     hard_state.commit = entries.last().map_or(checkpoint_index, |e| e.index);
     let wal_dir = staging.join("wal");
-    std::fs::create_dir_all(&wal_dir).with_context(|| format!("creating {}", wal_dir.display()))?;
-    let mut records = Vec::new();
-    wal::frame_metadata(
-        &mut records,
+    let mut mark = raft::eraftpb::SnapshotMetadata {
+        index: checkpoint_index,
+        term: state.raft_term,
+        ..Default::default()
+    };
+    mark.set_conf_state(raft::eraftpb::ConfState::from((
+        state.voters.clone(),
+        state.learners.clone(),
+    )));
+    wal::create(
+        &wal_dir,
         wal::Metadata {
             member_id: wal.member_id,
             cluster_id: wal.cluster_id,
         },
-    );
-    for entry in &entries {
-        wal::frame_entry(&mut records, entry);
-    }
-    wal::frame_hard_state(&mut records, &hard_state);
-    let wal_file = wal_dir.join(wal::WAL_FILE_NAME);
-    std::fs::write(&wal_file, &records)
-        .with_context(|| format!("writing {}", wal_file.display()))?;
+        &mark,
+        &entries,
+        Some(&hard_state),
+        wal::SEGMENT_BYTES,
+    )
+    .with_context(|| format!("writing {}", wal_dir.display()))?;
+    wal::write_snap_file(&staging.join("snap"), &mark)?;
     checkpoint::write(&staging.join("snap"), &state)?;
 
     Ok(Summary {

@@ -821,6 +821,14 @@ pub fn etcdutl_path() -> PathBuf {
         .clone()
 }
 
+/// The reference etcd-dump-logs v3.5.17 (etcd's WAL reader): `$ETCD_DUMP_LOGS`, else the
+/// cache's, built when missing.
+pub fn etcd_dump_logs_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| reference_tool("etcd-dump-logs", "ETCD_DUMP_LOGS"))
+        .clone()
+}
+
 /// The reference etcd v3.5.17 server: `$ETCD_BIN`, else the cache's, built when missing.
 pub fn etcd_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

@@ -117,10 +117,9 @@ impl RaftLog for SimLog {
 
     fn checkpoint_saved(
         &mut self,
-        index: u64,
-        _next_index: u64,
-        _hard_state: &HardState,
+        snapshot: &raft::eraftpb::SnapshotMetadata,
     ) -> anyhow::Result<()> {
+        let index = snapshot.index;
         self.disk
             .borrow_mut()
             .wal
