@@ -128,7 +128,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         (Some(m), _) => m,
         (None, Some(joined)) => {
             let m = joined.metadata;
-            wal::bootstrap(&wal_dir, &mut recovered, m)?;
+            wal::bootstrap(&wal_dir, &snap_dir, &mut recovered, m)?;
             m
         }
         (None, None) => {

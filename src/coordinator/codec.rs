@@ -451,6 +451,15 @@ pub fn encode(request_id: u64, req: &WriteRequest) -> Vec<u8> {
             member(MEMBERSHIP_UPDATE, *id, peer_urls, false)
         }
         WriteRequest::Auth(a) => auth_pb(a, &mut r),
+        // As etcd: the password was checked by the proposer and never enters the log; the
+        // token prefix travels as `simple_token`.
+        WriteRequest::Authenticate { name, token_prefix } => {
+            r.authenticate = Some(pb::InternalAuthenticateRequest {
+                name: name.clone(),
+                password: String::new(),
+                simple_token: token_prefix.clone(),
+            })
+        }
         // Nested authentication never happens; decoding refuses it.
         WriteRequest::Authed { .. } => {}
     }
@@ -508,6 +517,11 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
             id: m.member_id,
             name: attributes.name,
             client_urls: attributes.client_urls,
+        }
+    } else if let Some(a) = r.authenticate {
+        WriteRequest::Authenticate {
+            name: a.name,
+            token_prefix: a.simple_token,
         }
     } else if let Some(a) = auth_of(&r)? {
         WriteRequest::Auth(a)

@@ -468,16 +468,16 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
             let mut appended = Vec::new();
             for id in others {
                 index += 1;
-                let mut cc = ConfChangeV2::default();
-                let mut change = ConfChangeSingle::default();
-                change.set_change_type(ConfChangeType::RemoveNode);
-                change.node_id = id;
-                cc.mut_changes().push(change);
-                cc.context =
-                    codec::encode(next_request_id, &WriteRequest::MemberRemove { id }).into();
+                // etcd's own form of the removal (a `ConfChange` with the request's ID), as
+                // every conf change rusd writes.
+                let cc = codec::encode_conf_change(
+                    next_request_id,
+                    &WriteRequest::MemberRemove { id },
+                )
+                .expect("a member removal is a conf change");
                 next_request_id = next_request_id.wrapping_add(1);
                 let mut entry = Entry::default();
-                entry.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+                entry.set_entry_type(raft::eraftpb::EntryType::EntryConfChange);
                 entry.term = term;
                 entry.index = index;
                 entry.data = cc.write_to_bytes()?.into();
