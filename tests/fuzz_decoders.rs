@@ -837,13 +837,19 @@ fn fuzz_bbolt_input() {
             let walked = reader.walk(&root, &mut |e| {
                 seen += 1;
                 if seen > bytes.len() {
-                    return Err(format!("runaway walk: {seen} elements from {} bytes", bytes.len()));
+                    return Err(format!(
+                        "runaway walk: {seen} elements from {} bytes",
+                        bytes.len()
+                    ));
                 }
                 let _ = (e.key.len(), e.value.len(), e.is_bucket);
                 Ok(())
             });
             if let Err(e) = walked {
-                prop_assert!(e.to_string().contains("fuzz.db"), "error without the file: {e}");
+                prop_assert!(
+                    e.to_string().contains("fuzz.db"),
+                    "error without the file: {e}"
+                );
                 prop_assert!(
                     !e.to_string().contains("runaway walk"),
                     "the walk did not terminate: {e}"
@@ -964,8 +970,7 @@ fn fuzz_peer_snapshot_chunks() {
                 .enumerate()
                 .map(|(i, (k, v))| event(k, v, i as i64 + 1, 0))
                 .collect();
-            let mut encoder =
-                ImageEncoder::new(std::rc::Rc::new(SnapshotImage { state, events }));
+            let mut encoder = ImageEncoder::new(std::rc::Rc::new(SnapshotImage { state, events }));
             let mut chunks = Vec::new();
             while let Some(c) = encoder.next_chunk() {
                 chunks.push(c.to_vec());

@@ -470,11 +470,9 @@ impl<T: Transport, L: RaftLog, C: Clock> RaftNode<T, L, C> {
                 index += 1;
                 // etcd's own form of the removal (a `ConfChange` with the request's ID), as
                 // every conf change rusd writes.
-                let cc = codec::encode_conf_change(
-                    next_request_id,
-                    &WriteRequest::MemberRemove { id },
-                )
-                .expect("a member removal is a conf change");
+                let cc =
+                    codec::encode_conf_change(next_request_id, &WriteRequest::MemberRemove { id })
+                        .expect("a member removal is a conf change");
                 next_request_id = next_request_id.wrapping_add(1);
                 let mut entry = Entry::default();
                 entry.set_entry_type(raft::eraftpb::EntryType::EntryConfChange);
