@@ -743,8 +743,11 @@ fn fuzz_failpoint_terms_and_requests() {
 // ---------------------------------------------------------------------------------------------
 // bbolt input: etcd's `member/snap/db` (and `etcdutl snapshot restore` output) that rusd imports
 
+/// Buckets by name, each with its (key, value) elements.
+type Buckets = Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>;
+
 /// A small bbolt file as etcd's bbolt lays it out: `buckets` buckets of sorted elements.
-fn bbolt_file(buckets: Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>) -> Vec<u8> {
+fn bbolt_file(buckets: Buckets) -> Vec<u8> {
     use rusd::etcdfmt::bbolt::{header_pages, TreeWriter, FIRST_DATA_PGID, PAGE_SIZE};
     let mut out = vec![0u8; FIRST_DATA_PGID as usize * PAGE_SIZE];
     let mut next = FIRST_DATA_PGID;
@@ -774,7 +777,7 @@ fn bbolt_file(buckets: Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>) -> Vec<u8> {
     out
 }
 
-fn bbolt_buckets() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>> {
+fn bbolt_buckets() -> impl Strategy<Value = Buckets> {
     let name = prop_oneof![
         Just(b"key".to_vec()),
         Just(b"meta".to_vec()),
@@ -897,13 +900,17 @@ fn peer_frames() -> impl Strategy<Value = Vec<u8>> {
     use rusd::peer::wire::pb as wpb;
     let raft_message = (any::<u64>(), any::<u64>(), any::<u64>(), small_bytes()).prop_map(
         |(from, to, index, data)| {
-            let mut m = raft::eraftpb::Message::default();
-            m.from = from;
-            m.to = to;
-            m.index = index;
-            let mut e = raft::eraftpb::Entry::default();
-            e.data = data.to_vec().into();
-            m.entries = vec![e].into();
+            let entry = raft::eraftpb::Entry {
+                data: data.to_vec().into(),
+                ..Default::default()
+            };
+            let m = raft::eraftpb::Message {
+                from,
+                to,
+                index,
+                entries: vec![entry].into(),
+                ..Default::default()
+            };
             wire::encode_raft_message(&m)
         },
     );
