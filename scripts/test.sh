@@ -12,10 +12,12 @@ cd "$repo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
 
-echo "== building etcd, etcdctl and etcdutl v3.5.17 (cached)"
-# The reference etcd server is needed by the round trips of tests/etcd_formats.rs.
-bin_dir="$(scripts/etcd-ref-tools.sh etcd etcdctl etcdutl | tail -n 1)"
+echo "== building etcd, etcdctl, etcdutl and etcd-dump-logs v3.5.17 (cached)"
+# The reference etcd server is needed by the round trips of tests/etcd_formats.rs, and
+# etcd-dump-logs by its check that etcd's own tool decodes rusd's WAL.
+bin_dir="$(scripts/etcd-ref-tools.sh etcd etcdctl etcdutl etcd-dump-logs | tail -n 1)"
 export ETCDCTL="$bin_dir/etcdctl" ETCDUTL="$bin_dir/etcdutl" ETCD_BIN="$bin_dir/etcd"
+export ETCD_DUMP_LOGS="$bin_dir/etcd-dump-logs"
 
 echo "== cargo test (release)"
 cargo test --release --workspace
