@@ -482,6 +482,36 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
     let r = pb::InternalRaftRequest::decode(data)
         .map_err(|_| malformed("not an InternalRaftRequest"))?;
     let header = r.header.clone().unwrap_or_default();
+    if let Some(req) = etcd_request(r)? {
+        return Ok((header.id, req));
+    }
+    let extension =
+        RusdExtension::decode(data).map_err(|_| malformed("undecodable rusd extension"))?;
+    let m = extension
+        .membership
+        .ok_or(malformed("an entry without a request"))?;
+    let req = match m.kind {
+        MEMBERSHIP_ADD => WriteRequest::MemberAdd(MemberAddRequest {
+            id: m.member_id,
+            peer_urls: m.peer_urls,
+            is_learner: m.is_learner,
+        }),
+        MEMBERSHIP_REMOVE => WriteRequest::MemberRemove { id: m.member_id },
+        MEMBERSHIP_PROMOTE => WriteRequest::MemberPromote { id: m.member_id },
+        MEMBERSHIP_UPDATE => WriteRequest::MemberUpdate {
+            id: m.member_id,
+            peer_urls: m.peer_urls,
+        },
+        _ => return Err(malformed("bad membership request kind")),
+    };
+    Ok((header.id, with_sender(&header, req)))
+}
+
+/// The request of an InternalRaftRequest's etcd fields, wrapped with its sender when the
+/// header names one; `None` when no etcd field is set (a rusd extension, or a request rusd
+/// does not propose). Shared by rusd's own log and the import of an etcd log.
+pub fn etcd_request(r: pb::InternalRaftRequest) -> Result<Option<WriteRequest>, DecodeError> {
+    let header = r.header.clone().unwrap_or_default();
     let req = if let Some(p) = r.put {
         WriteRequest::Put(put_of(p))
     } else if let Some(d) = r.delete_range {
@@ -526,38 +556,23 @@ pub fn decode(data: &[u8]) -> Result<(u64, WriteRequest), DecodeError> {
     } else if let Some(a) = auth_of(&r)? {
         WriteRequest::Auth(a)
     } else {
-        let extension =
-            RusdExtension::decode(data).map_err(|_| malformed("undecodable rusd extension"))?;
-        let m = extension
-            .membership
-            .ok_or(malformed("an entry without a request"))?;
-        match m.kind {
-            MEMBERSHIP_ADD => WriteRequest::MemberAdd(MemberAddRequest {
-                id: m.member_id,
-                peer_urls: m.peer_urls,
-                is_learner: m.is_learner,
-            }),
-            MEMBERSHIP_REMOVE => WriteRequest::MemberRemove { id: m.member_id },
-            MEMBERSHIP_PROMOTE => WriteRequest::MemberPromote { id: m.member_id },
-            MEMBERSHIP_UPDATE => WriteRequest::MemberUpdate {
-                id: m.member_id,
-                peer_urls: m.peer_urls,
-            },
-            _ => return Err(malformed("bad membership request kind")),
-        }
+        return Ok(None);
     };
-    let req = if header.username.is_empty() {
+    Ok(Some(with_sender(&header, req)))
+}
+
+fn with_sender(header: &pb::RequestHeader, req: WriteRequest) -> WriteRequest {
+    if header.username.is_empty() {
         req
     } else {
         WriteRequest::Authed {
             info: AuthInfo {
-                user: header.username,
+                user: header.username.clone(),
                 revision: header.auth_revision,
             },
             req: Box::new(req),
         }
-    };
-    Ok((header.id, req))
+    }
 }
 
 fn put_pb(p: &PutRequest) -> pb::PutRequest {

@@ -32,7 +32,7 @@ use shards::{Event, EventKind, KeyValue, SegmentLog};
 use super::bbolt::{BucketRoot, Reader};
 use super::schema;
 use super::walpb;
-use crate::coordinator::auth::{AuthRequest, PermType, Permission};
+use crate::coordinator::auth::PermType;
 use crate::coordinator::checkpoint::{self, CheckpointState};
 use crate::coordinator::codec::{self, AlarmKind, MemberAddRequest, WriteRequest};
 use crate::coordinator::wal;
@@ -561,126 +561,57 @@ pub fn translate(entry: &Entry) -> anyhow::Result<Option<WriteRequest>> {
     }
 }
 
-fn internal_request(r: pb::InternalRaftRequest) -> anyhow::Result<Option<WriteRequest>> {
+/// An etcd request as rusd replays it: what etcd itself would apply, through the same mapping
+/// as rusd's own log (`codec::etcd_request`), after what only an etcd log needs: requests rusd
+/// does not keep are skipped, etcd's request checks run, and passwords proposed in the clear
+/// (etcd before v3.5) are hashed.
+fn internal_request(mut r: pb::InternalRaftRequest) -> anyhow::Result<Option<WriteRequest>> {
+    use pb::alarm_request::AlarmAction;
+    let skipped = r.cluster_member_attr_set.is_some()
+        || r.authenticate.is_some()
+        || r.alarm.as_ref().is_some_and(|a| {
+            AlarmKind::from_number(a.alarm).is_none()
+                || !matches!(
+                    AlarmAction::try_from(a.action),
+                    Ok(AlarmAction::Activate) | Ok(AlarmAction::Deactivate)
+                )
+        })
+        || r.auth_role_grant_permission
+            .as_ref()
+            .is_some_and(|g| g.perm.is_none());
+    if skipped {
+        return Ok(None);
+    }
     let invalid = |e: crate::error::EtcdError| anyhow::anyhow!("invalid request: {e:?}");
-    let request = if let Some(put) = r.put {
-        WriteRequest::Put(crate::api::convert::put_in(put).map_err(invalid)?)
-    } else if let Some(delete) = r.delete_range {
-        WriteRequest::DeleteRange(crate::api::convert::delete_in(delete).map_err(invalid)?)
-    } else if let Some(txn) = r.txn {
-        WriteRequest::Txn(crate::api::convert::txn_in(txn, usize::MAX).map_err(invalid)?)
-    } else if let Some(compaction) = r.compaction {
-        WriteRequest::Compact {
-            revision: compaction.revision,
+    if let Some(put) = &r.put {
+        crate::api::convert::put_in(put.clone()).map_err(invalid)?;
+    } else if let Some(delete) = &r.delete_range {
+        crate::api::convert::delete_in(delete.clone()).map_err(invalid)?;
+    } else if let Some(txn) = &r.txn {
+        crate::api::convert::txn_in(txn.clone(), usize::MAX).map_err(invalid)?;
+    }
+    if let Some(perm) = r
+        .auth_role_grant_permission
+        .as_mut()
+        .and_then(|g| g.perm.as_mut())
+    {
+        // An unknown permission type reads as READ, as etcd's authpb would default it.
+        if PermType::from_i32(perm.perm_type).is_none() {
+            perm.perm_type = PermType::Read as i32;
         }
-    } else if let Some(grant) = r.lease_grant {
-        WriteRequest::LeaseGrant {
-            id: grant.id,
-            ttl_secs: grant.ttl,
-        }
-    } else if let Some(revoke) = r.lease_revoke {
-        WriteRequest::LeaseRevoke { id: revoke.id }
-    } else if let Some(alarm) = r.alarm {
-        use pb::alarm_request::AlarmAction;
-        let kind = match AlarmKind::from_number(alarm.alarm) {
-            Some(kind) => kind,
-            None => return Ok(None),
-        };
-        match AlarmAction::try_from(alarm.action) {
-            Ok(AlarmAction::Activate) | Ok(AlarmAction::Deactivate) => WriteRequest::Alarm {
-                activate: alarm.action == AlarmAction::Activate as i32,
-                member_id: alarm.member_id,
-                alarm: kind,
-            },
-            _ => return Ok(None),
-        }
-    } else if let Some(auth) = auth_request(&r)? {
-        WriteRequest::Auth(auth)
-    } else {
-        return Ok(None);
-    };
-    Ok(Some(match r.header {
-        Some(header) if !header.username.is_empty() => WriteRequest::Authed {
-            info: crate::coordinator::auth::AuthInfo {
-                user: header.username,
-                revision: header.auth_revision,
-            },
-            req: Box::new(request),
-        },
-        _ => request,
-    }))
-}
-
-fn auth_request(r: &pb::InternalRaftRequest) -> anyhow::Result<Option<AuthRequest>> {
-    Ok(Some(if r.auth_enable.is_some() {
-        AuthRequest::Enable
-    } else if r.auth_disable.is_some() {
-        AuthRequest::Disable
-    } else if let Some(add) = &r.auth_user_add {
+    }
+    if let Some(add) = r.auth_user_add.as_mut() {
         let no_password = add.options.as_ref().is_some_and(|o| o.no_password);
-        let password_hash = if no_password {
-            String::new()
-        } else if !add.hashed_password.is_empty() {
-            add.hashed_password.clone()
-        } else {
-            // etcd before v3.5 proposed the password itself.
-            bcrypt::hash(&add.password, bcrypt::DEFAULT_COST)?
-        };
-        AuthRequest::UserAdd {
-            name: add.name.clone(),
-            password_hash,
-            no_password,
+        if no_password {
+            add.hashed_password.clear();
+        } else if add.hashed_password.is_empty() {
+            add.hashed_password = bcrypt::hash(&add.password, bcrypt::DEFAULT_COST)?;
         }
-    } else if let Some(delete) = &r.auth_user_delete {
-        AuthRequest::UserDelete {
-            name: delete.name.clone(),
+    }
+    if let Some(change) = r.auth_user_change_password.as_mut() {
+        if change.hashed_password.is_empty() {
+            change.hashed_password = bcrypt::hash(&change.password, bcrypt::DEFAULT_COST)?;
         }
-    } else if let Some(change) = &r.auth_user_change_password {
-        AuthRequest::UserChangePassword {
-            name: change.name.clone(),
-            password_hash: if change.hashed_password.is_empty() {
-                bcrypt::hash(&change.password, bcrypt::DEFAULT_COST)?
-            } else {
-                change.hashed_password.clone()
-            },
-        }
-    } else if let Some(grant) = &r.auth_user_grant_role {
-        AuthRequest::UserGrantRole {
-            user: grant.user.clone(),
-            role: grant.role.clone(),
-        }
-    } else if let Some(revoke) = &r.auth_user_revoke_role {
-        AuthRequest::UserRevokeRole {
-            name: revoke.name.clone(),
-            role: revoke.role.clone(),
-        }
-    } else if let Some(add) = &r.auth_role_add {
-        AuthRequest::RoleAdd {
-            name: add.name.clone(),
-        }
-    } else if let Some(delete) = &r.auth_role_delete {
-        AuthRequest::RoleDelete {
-            role: delete.role.clone(),
-        }
-    } else if let Some(grant) = &r.auth_role_grant_permission {
-        let Some(perm) = &grant.perm else {
-            return Ok(None);
-        };
-        AuthRequest::RoleGrantPermission {
-            name: grant.name.clone(),
-            perm: Permission {
-                key: perm.key.clone(),
-                range_end: perm.range_end.clone(),
-                perm: PermType::from_i32(perm.perm_type).unwrap_or(PermType::Read),
-            },
-        }
-    } else if let Some(revoke) = &r.auth_role_revoke_permission {
-        AuthRequest::RoleRevokePermission {
-            role: revoke.role.clone(),
-            key: revoke.key.clone(),
-            range_end: revoke.range_end.clone(),
-        }
-    } else {
-        return Ok(None);
-    }))
+    }
+    codec::etcd_request(r).map_err(|e| anyhow::anyhow!("invalid request: {e}"))
 }
